@@ -1,0 +1,54 @@
+import Glibc
+import Lifecycle
+
+/// Why a kernel (or initrd) cannot be booted. Each case names the file and what is wrong
+/// with it, in one line, and maps to a documented exit code.
+public enum BootError: Error, CustomStringConvertible, Sendable {
+    case unreadable(path: String, errno: Int32)
+    case notAKernel(path: String, reason: String)
+    case unsupported(path: String, reason: String)
+    case doesNotFit(path: String, reason: String)
+    case commandLineTooLong(length: Int, maximum: Int)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let path, let e): return "\(path): \(String(cString: strerror(e)))"
+        case .notAKernel(let path, let reason): return "\(path): not a kernel image: \(reason)"
+        case .unsupported(let path, let reason): return "\(path): \(reason)"
+        case .doesNotFit(let path, let reason): return "\(path): \(reason)"
+        case .commandLineTooLong(let length, let maximum):
+            return "the guest command line is \(length) bytes; the kernel accepts at most \(maximum - 1)"
+        }
+    }
+
+    public var exitCode: Int32 {
+        switch self {
+        case .unreadable: return ExitStatus.unreadableFile
+        case .notAKernel, .unsupported, .doesNotFit: return ExitStatus.malformedImage
+        case .commandLineTooLong: return ExitStatus.usage
+        }
+    }
+}
+
+/// Read a whole file. Kernels are tens of MiB at most; reading beats mapping for simplicity
+/// and means a file changed underneath us cannot fault the VMM.
+public func readFile(_ path: String, limit: Int = 1 << 31) throws(BootError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw .unreadable(path: path, errno: errno) }
+    guard st.st_mode & S_IFMT != S_IFDIR else { throw .unreadable(path: path, errno: EISDIR) }
+    guard st.st_size <= limit else {
+        throw .doesNotFit(path: path, reason: "file is \(st.st_size) bytes, larger than any image swiftvmm loads")
+    }
+    var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
+        if n < 0 { if errno == EINTR { continue }; throw .unreadable(path: path, errno: errno) }
+        if n == 0 { bytes.removeLast(bytes.count - done); break }
+        done += n
+    }
+    return bytes
+}

@@ -1,0 +1,42 @@
+/// Where swiftvmm puts things in guest-physical memory below 1 MiB.
+///
+///     0x0000_0000  real-mode IVT and BIOS data area (left zero)
+///     0x0000_0500  GDT                         (entry state for the 64-bit boot)
+///     0x0000_0520  IDT (empty)
+///     0x0000_2000  hypercall page              (read-only slot, see Hypercalls)
+///     0x0000_6000  PVH hvm_start_info
+///     0x0000_7000  boot_params ("zero page")
+///     0x0000_8ff0  initial stack pointer
+///     0x0000_9000  PML4, 0xA000 PDPT, 0xB000-0xE000 four page directories:
+///                  identity map of the first 4 GiB with 2 MiB pages
+///     0x0002_0000  kernel command line
+///     0x0009_fc00  top of low RAM; EBDA, MP table, BIOS area up to 1 MiB (reserved)
+///     0x0010_0000  kernel (ELF segments at their physical addresses, bzImage at its preferred address)
+///
+/// These are the addresses Firecracker uses for the same structures, which Linux is known to
+/// be happy with; nothing here is visible to a guest except through the pointers it is given.
+public enum BootLayout {
+    public static let gdt: UInt64 = 0x500
+    public static let idt: UInt64 = 0x520
+    public static let pvhStartInfo: UInt64 = 0x6000
+    public static let zeroPage: UInt64 = 0x7000
+    public static let stackPointer: UInt64 = 0x8FF0
+    public static let pml4: UInt64 = 0x9000
+    public static let pdpt: UInt64 = 0xA000
+    public static let pageDirectories: UInt64 = 0xB000
+    /// Four page directories of 512 2-MiB entries each.
+    public static let identityMappedBytes: UInt64 = 4 << 30
+    public static let commandLine: UInt64 = 0x20000
+    /// Room reserved for the command line (the kernel's own limit is usually lower).
+    public static let commandLineCapacity: Int = 0x10000
+    /// End of conventional RAM; the last KiB below 640 KiB is the EBDA (MP table lives there).
+    public static let lowRAMEnd: UInt64 = 0x9FC00
+    public static let mpTable: UInt64 = 0x9FC00
+    /// Kernel segments and everything the guest may own start here.
+    public static let kernelStart: UInt64 = 0x100000
+
+    /// KVM on Intel needs three pages for a real-mode TSS and one for an identity page table,
+    /// in guest-physical space that is not RAM: just below the BIOS ROM area at 4 GiB.
+    public static let tssAddress: UInt64 = 0xFFFB_D000
+    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+}

@@ -1,0 +1,62 @@
+import Memory
+
+/// Linux's `struct boot_params` (the "zero page", one 4 KiB page), written field by field at
+/// the byte offsets Documentation/arch/x86/zero-page.rst and boot.rst give.
+public struct ZeroPage {
+    public static let size = 4096
+
+    // Offsets into boot_params.
+    public static let extCmdLinePtr = 0x0C8       // u32: high 32 bits of cmd_line_ptr
+    public static let e820Entries = 0x1E8         // u8: number of e820 entries
+    public static let setupHeader = 0x1F1         // start of struct setup_header
+    public static let setupSects = 0x1F1          // u8
+    public static let bootFlag = 0x1FE            // u16: 0xAA55
+    public static let headerMagic = 0x202         // u32: "HdrS"
+    public static let version = 0x206             // u16: boot protocol version
+    public static let typeOfLoader = 0x210        // u8
+    public static let loadFlags = 0x211           // u8
+    public static let code32Start = 0x214         // u32
+    public static let ramdiskImage = 0x218        // u32
+    public static let ramdiskSize = 0x21C         // u32
+    public static let heapEndPtr = 0x224          // u16
+    public static let cmdLinePtr = 0x228          // u32
+    public static let initrdAddrMax = 0x22C       // u32
+    public static let cmdlineSize = 0x238         // u32
+    public static let e820Table = 0x2D0           // 128 entries of 20 bytes
+    public static let e820MaxEntries = 128
+
+    public var bytes: [UInt8]
+
+    public init() { bytes = [UInt8](repeating: 0, count: Self.size) }
+
+    public mutating func set<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        withUnsafeBytes(of: value.littleEndian) { src in
+            for (i, b) in src.enumerated() { bytes[offset + i] = b }
+        }
+    }
+
+    public func get<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
+        var v: T = 0
+        withUnsafeMutableBytes(of: &v) { dst in
+            for i in 0..<MemoryLayout<T>.size { dst[i] = bytes[offset + i] }
+        }
+        return T(littleEndian: v)
+    }
+
+    /// Point the kernel at its command line (anywhere in the first 4 GiB... or above, via ext).
+    public mutating func setCommandLine(address: UInt64) {
+        set(UInt32(truncatingIfNeeded: address), at: Self.cmdLinePtr)
+        set(UInt32(truncatingIfNeeded: address >> 32), at: Self.extCmdLinePtr)
+    }
+
+    public mutating func setE820(_ map: [E820Entry]) {
+        let n = min(map.count, Self.e820MaxEntries)
+        set(UInt8(n), at: Self.e820Entries)
+        for (i, e) in map.prefix(n).enumerated() {
+            let at = Self.e820Table + i * 20
+            set(e.address, at: at)
+            set(e.size, at: at + 8)
+            set(e.type.rawValue, at: at + 16)
+        }
+    }
+}

@@ -1,0 +1,176 @@
+// The C side of swiftvmm's KVM layer.
+//
+// Swift imports <linux/kvm.h>'s structs but not its function-like macros (the ioctl
+// numbers are _IOW(...) expressions), nor glibc's variadic ioctl(), nor kvm_run's anonymous
+// unions in a form that is cheap to touch on every exit. This header re-exports what is
+// missing as constants of the right type and tiny static inline functions, which the Clang
+// importer compiles straight into the Swift callers.
+#ifndef SWIFTVMM_CKVM_SHIM_H
+#define SWIFTVMM_CKVM_SHIM_H
+
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <stdint.h>
+#include <string.h>
+#include <signal.h>
+#include <errno.h>
+
+// ---- ioctl numbers -------------------------------------------------------------------
+// /dev/kvm
+static const unsigned long SKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long SKVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long SKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long SKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long SKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+// VM fd
+static const unsigned long SKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long SKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long SKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long SKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long SKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long SKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long SKVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long SKVM_IRQFD = KVM_IRQFD;
+static const unsigned long SKVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long SKVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+static const unsigned long SKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+// vCPU fd
+static const unsigned long SKVM_RUN = KVM_RUN;
+static const unsigned long SKVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long SKVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long SKVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long SKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long SKVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long SKVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long SKVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long SKVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long SKVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long SKVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long SKVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long SKVM_TRANSLATE = KVM_TRANSLATE;
+static const unsigned long SKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long SKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+
+// ---- constants, with the types the struct fields have -----------------------------------
+static const uint32_t SKVM_EXIT_UNKNOWN = KVM_EXIT_UNKNOWN;
+static const uint32_t SKVM_EXIT_EXCEPTION = KVM_EXIT_EXCEPTION;
+static const uint32_t SKVM_EXIT_IO = KVM_EXIT_IO;
+static const uint32_t SKVM_EXIT_HYPERCALL = KVM_EXIT_HYPERCALL;
+static const uint32_t SKVM_EXIT_DEBUG = KVM_EXIT_DEBUG;
+static const uint32_t SKVM_EXIT_HLT = KVM_EXIT_HLT;
+static const uint32_t SKVM_EXIT_MMIO = KVM_EXIT_MMIO;
+static const uint32_t SKVM_EXIT_IRQ_WINDOW_OPEN = KVM_EXIT_IRQ_WINDOW_OPEN;
+static const uint32_t SKVM_EXIT_SHUTDOWN = KVM_EXIT_SHUTDOWN;
+static const uint32_t SKVM_EXIT_FAIL_ENTRY = KVM_EXIT_FAIL_ENTRY;
+static const uint32_t SKVM_EXIT_INTR = KVM_EXIT_INTR;
+static const uint32_t SKVM_EXIT_INTERNAL_ERROR = KVM_EXIT_INTERNAL_ERROR;
+static const uint32_t SKVM_EXIT_SYSTEM_EVENT = KVM_EXIT_SYSTEM_EVENT;
+static const uint32_t SKVM_EXIT_X86_RDMSR = KVM_EXIT_X86_RDMSR;
+static const uint32_t SKVM_EXIT_X86_WRMSR = KVM_EXIT_X86_WRMSR;
+
+static const uint8_t SKVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
+static const uint8_t SKVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+
+static const uint32_t SKVM_INTERNAL_ERROR_EMULATION = KVM_INTERNAL_ERROR_EMULATION;
+static const uint32_t SKVM_SYSTEM_EVENT_SHUTDOWN = KVM_SYSTEM_EVENT_SHUTDOWN;
+static const uint32_t SKVM_SYSTEM_EVENT_RESET = KVM_SYSTEM_EVENT_RESET;
+static const uint32_t SKVM_SYSTEM_EVENT_CRASH = KVM_SYSTEM_EVENT_CRASH;
+
+static const uint32_t SKVM_MEM_READONLY = KVM_MEM_READONLY;
+
+static const int SKVM_CAP_IRQCHIP = KVM_CAP_IRQCHIP;
+static const int SKVM_CAP_USER_MEMORY = KVM_CAP_USER_MEMORY;
+static const int SKVM_CAP_SET_TSS_ADDR = KVM_CAP_SET_TSS_ADDR;
+static const int SKVM_CAP_SET_IDENTITY_MAP_ADDR = KVM_CAP_SET_IDENTITY_MAP_ADDR;
+static const int SKVM_CAP_EXT_CPUID = KVM_CAP_EXT_CPUID;
+static const int SKVM_CAP_PIT2 = KVM_CAP_PIT2;
+static const int SKVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
+static const int SKVM_CAP_READONLY_MEM = KVM_CAP_READONLY_MEM;
+static const int SKVM_CAP_IOEVENTFD = KVM_CAP_IOEVENTFD;
+static const int SKVM_CAP_IRQFD = KVM_CAP_IRQFD;
+static const int SKVM_CAP_IRQ_ROUTING = KVM_CAP_IRQ_ROUTING;
+static const int SKVM_CAP_SIGNAL_MSI = KVM_CAP_SIGNAL_MSI;
+static const int SKVM_CAP_NR_VCPUS = KVM_CAP_NR_VCPUS;
+static const int SKVM_CAP_MAX_VCPUS = KVM_CAP_MAX_VCPUS;
+static const int SKVM_CAP_NR_MEMSLOTS = KVM_CAP_NR_MEMSLOTS;
+
+static const uint32_t SKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
+
+// ---- ioctl without varargs -------------------------------------------------------------
+static inline int skvm_ioctl(int fd, unsigned long request, unsigned long arg) {
+    return ioctl(fd, request, arg);
+}
+static inline int skvm_ioctl_ptr(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+
+// ---- kvm_run: the per-exit accessors ----------------------------------------------------
+// Swift's view of kvm_run's anonymous union copies the whole 256-byte union per access in
+// debug builds; these read exactly the field the exit loop needs.
+static inline uint32_t skvm_exit_reason(const struct kvm_run *run) { return run->exit_reason; }
+
+static inline uint8_t skvm_io_direction(const struct kvm_run *run) { return run->io.direction; }
+static inline uint8_t skvm_io_size(const struct kvm_run *run) { return run->io.size; }
+static inline uint16_t skvm_io_port(const struct kvm_run *run) { return run->io.port; }
+static inline uint32_t skvm_io_count(const struct kvm_run *run) { return run->io.count; }
+static inline uint8_t *skvm_io_data(struct kvm_run *run) {
+    return (uint8_t *)run + run->io.data_offset;
+}
+
+static inline uint64_t skvm_mmio_address(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t skvm_mmio_length(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t skvm_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint8_t *skvm_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+
+static inline uint32_t skvm_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
+static inline uint32_t skvm_internal_ndata(const struct kvm_run *run) { return run->internal.ndata; }
+static inline uint64_t skvm_internal_data(const struct kvm_run *run, uint32_t i) {
+    return i < 16 ? run->internal.data[i] : 0;
+}
+static inline uint64_t skvm_emulation_flags(const struct kvm_run *run) { return run->emulation_failure.flags; }
+static inline uint8_t skvm_emulation_insn_size(const struct kvm_run *run) { return run->emulation_failure.insn_size; }
+static inline const uint8_t *skvm_emulation_insn_bytes(const struct kvm_run *run) {
+    return run->emulation_failure.insn_bytes;
+}
+
+static inline uint64_t skvm_fail_entry_reason(const struct kvm_run *run) {
+    return run->fail_entry.hardware_entry_failure_reason;
+}
+static inline uint32_t skvm_system_event_type(const struct kvm_run *run) { return run->system_event.type; }
+
+// immediate_exit is read by the kernel on KVM_RUN entry; it is written by whichever thread
+// wants the vCPU out, so store it atomically.
+static inline void skvm_set_immediate_exit(struct kvm_run *run, uint8_t value) {
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+
+// ---- flexible array members (dropped by the importer) -----------------------------------
+static inline struct kvm_cpuid_entry2 *skvm_cpuid2_entries(struct kvm_cpuid2 *c) { return c->entries; }
+static inline unsigned long skvm_cpuid2_size(uint32_t n) {
+    return sizeof(struct kvm_cpuid2) + n * sizeof(struct kvm_cpuid_entry2);
+}
+static inline struct kvm_msr_entry *skvm_msrs_entries(struct kvm_msrs *m) { return m->entries; }
+static inline unsigned long skvm_msrs_size(uint32_t n) {
+    return sizeof(struct kvm_msrs) + n * sizeof(struct kvm_msr_entry);
+}
+static inline struct kvm_irq_routing_entry *skvm_routing_entries(struct kvm_irq_routing *r) { return r->entries; }
+static inline unsigned long skvm_routing_size(uint32_t n) {
+    return sizeof(struct kvm_irq_routing) + n * sizeof(struct kvm_irq_routing_entry);
+}
+
+// ---- the vCPU kick signal -----------------------------------------------------------------
+// A vCPU thread blocked in KVM_RUN is kicked out by a signal whose handler does nothing: the
+// point is only that KVM_RUN returns EINTR. No SA_RESTART, so nothing is restarted behind our
+// back. Used together with immediate_exit so a kick that lands just before KVM_RUN is not lost.
+static void skvm_kick_handler(int sig) { (void)sig; }
+static inline int skvm_install_kick_handler(int sig) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = skvm_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+
+static inline int skvm_errno(void) { return errno; }
+
+#endif

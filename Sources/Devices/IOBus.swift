@@ -1,0 +1,88 @@
+import Lifecycle
+import Synchronization
+
+/// A device model as the bus sees it: an object that answers reads and writes at offsets
+/// within the address range it was registered for.
+///
+/// Devices subclass this and override both methods. The vCPU loop calls them through the
+/// class's vtable: one indirect call, no existential boxing, no closure, no allocation.
+open class BusDevice: @unchecked Sendable {
+    /// Shown in traces and reports.
+    public let name: String
+    /// Accesses served, for reports. Relaxed atomics: several vCPUs may count at once.
+    public let reads = Atomic<UInt64>(0)
+    public let writes = Atomic<UInt64>(0)
+
+    public init(name: String) { self.name = name }
+
+    /// A read of `size` bytes (1, 2, 4, or 8 for MMIO) at `offset` from the device's base.
+    open func read(offset: UInt64, size: Int) -> UInt64 { ~0 }
+
+    /// A write of the low `size` bytes of `value` at `offset` from the device's base.
+    open func write(offset: UInt64, size: Int, value: UInt64) {}
+}
+
+public enum BusError: Error, CustomStringConvertible {
+    case overlap(new: String, existing: String, address: UInt64)
+    public var description: String {
+        switch self {
+        case .overlap(let new, let existing, let address):
+            return "\(new) at \(Diagnostics.hex(address)) overlaps \(existing)"
+        }
+    }
+}
+
+/// An address space (port I/O or MMIO) with devices registered on ranges of it.
+///
+/// Devices are registered while the machine is assembled, before any vCPU runs; after that
+/// the bus is only read, so lookups take no lock. A sorted array and a binary search: with
+/// the handful of devices a VM has, this is a few compares per access.
+public final class IOBus: @unchecked Sendable {
+    public let name: String
+
+    struct Entry {
+        let base: UInt64
+        let length: UInt64
+        let device: BusDevice
+    }
+
+    private(set) var entries: ContiguousArray<Entry> = []
+
+    /// Accesses nobody answered: reads return all-ones, writes are dropped.
+    public let unclaimedReads = Atomic<UInt64>(0)
+    public let unclaimedWrites = Atomic<UInt64>(0)
+
+    public init(name: String) { self.name = name }
+
+    public func register(_ device: BusDevice, at base: UInt64, length: UInt64) throws(BusError) {
+        for e in entries where base < e.base + e.length && e.base < base + length {
+            throw .overlap(new: device.name, existing: e.device.name, address: base)
+        }
+        let i = entries.firstIndex { $0.base > base } ?? entries.endIndex
+        entries.insert(Entry(base: base, length: length, device: device), at: i)
+    }
+
+    /// The device serving `address` and the offset into its range, or nil.
+    @inline(__always)
+    public func lookup(_ address: UInt64) -> (device: BusDevice, offset: UInt64)? {
+        var lo = 0
+        var hi = entries.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            let e = entries[mid]
+            if address < e.base {
+                hi = mid
+            } else if address - e.base >= e.length {
+                lo = mid + 1
+            } else {
+                return (e.device, address - e.base)
+            }
+        }
+        return nil
+    }
+
+    /// All registered devices with their ranges, for reports and `--verbose`.
+    public var devices: [(base: UInt64, length: UInt64, device: BusDevice)] {
+        entries.map { ($0.base, $0.length, $0.device) }
+    }
+}

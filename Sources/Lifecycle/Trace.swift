@@ -1,0 +1,53 @@
+import Glibc
+
+/// What `--trace` turns on. Checked with one branch on the hot paths; all off by default.
+public struct TraceOptions: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// Every vCPU exit, with its reason.
+    public static let exits = TraceOptions(rawValue: 1 << 0)
+    /// Every port and MMIO access, with the device that served it (or none).
+    public static let io = TraceOptions(rawValue: 1 << 1)
+    /// Every hypercall: number, name, arguments, result, duration.
+    public static let hypercalls = TraceOptions(rawValue: 1 << 2)
+    /// Guest errors the VMM absorbed: unknown ports, writes to read-only memory, bad buffers.
+    public static let guestErrors = TraceOptions(rawValue: 1 << 3)
+
+    public static let names: [(String, TraceOptions)] = [
+        ("exits", .exits), ("io", .io), ("hypercalls", .hypercalls), ("guest-errors", .guestErrors),
+    ]
+
+    /// Parse "exits,hypercalls" or "all".
+    public init?(parsing text: String) {
+        var set: TraceOptions = []
+        for word in text.split(separator: ",") {
+            if word == "all" { set.formUnion([.exits, .io, .hypercalls, .guestErrors]); continue }
+            guard let (_, option) = Self.names.first(where: { $0.0 == word }) else { return nil }
+            set.insert(option)
+        }
+        self = set
+    }
+}
+
+/// Trace and diagnostic lines go to stderr, whole lines at a time (one write each) so
+/// lines from different vCPU threads do not interleave mid-line.
+public enum Diagnostics {
+    public static func line(_ text: String) {
+        var s = text
+        s.append("\n")
+        s.withUTF8 { buf in
+            var off = 0
+            while off < buf.count {
+                let n = Glibc.write(2, buf.baseAddress! + off, buf.count - off)
+                if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
+                off += n
+            }
+        }
+    }
+
+    public static func hex<T: BinaryInteger>(_ v: T, width: Int = 0) -> String {
+        let s = String(v, radix: 16)
+        return "0x" + (s.count < width ? String(repeating: "0", count: width - s.count) + s : s)
+    }
+}

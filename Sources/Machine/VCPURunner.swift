@@ -1,0 +1,258 @@
+import CKVM
+import Devices
+import Glibc
+import Hypercalls
+import KVM
+import Lifecycle
+import Memory
+
+/// The vCPU loop: enter the guest, take the exit, hand it to whoever serves it, repeat.
+///
+/// This is the hot path. Per exit it does an ioctl, reads a few fields of the shared
+/// `kvm_run` page through the shim's accessors, and makes one call through a device's vtable;
+/// no allocation, no existential or closure dispatch, no logging unless tracing is on.
+/// Anything slow (reports, formatting) happens only when the run is ending.
+///
+/// Following one guest `out` through the code: guest `out` → KVM_EXIT_IO → `handleIO` →
+/// `IOBus.lookup` → the device's `write` → back into KVM_RUN.
+final class VCPURunner: @unchecked Sendable {
+    let vcpu: VCPU
+    let ports: IOBus
+    let mmio: IOBus
+    let memory: GuestMemory
+    let hypercalls: HypercallHandler
+    let stop: StopController
+    let trace: TraceOptions
+
+    /// Per-vCPU counters, owned by this vCPU's thread while it runs (read after it is joined).
+    static let exitReasonSlots = 64
+    let exitCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: VCPURunner.exitReasonSlots)
+    let hypercallCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: HypercallPage.stubCount + 1)
+    /// Guest errors absorbed: unclaimed ports/MMIO, writes to read-only memory.
+    var guestErrors: UInt64 = 0
+
+    init(vcpu: VCPU, ports: IOBus, mmio: IOBus, memory: GuestMemory, hypercalls: HypercallHandler,
+         stop: StopController, trace: TraceOptions) {
+        self.vcpu = vcpu
+        self.ports = ports
+        self.mmio = mmio
+        self.memory = memory
+        self.hypercalls = hypercalls
+        self.stop = stop
+        self.trace = trace
+        exitCounts.initialize(repeating: 0, count: Self.exitReasonSlots)
+        hypercallCounts.initialize(repeating: 0, count: HypercallPage.stubCount + 1)
+    }
+
+    deinit {
+        exitCounts.deallocate()
+        hypercallCounts.deallocate()
+    }
+
+    func run() {
+        let fd = vcpu.fd
+        let run = vcpu.run
+        while !stop.isStopping {
+            if skvm_ioctl(fd, SKVM_RUN, 0) < 0 {
+                let e = skvm_errno()
+                // EINTR: kicked (stop) or a stray signal. EAGAIN: an application processor
+                // still waiting for its INIT/SIPI. Either way, look at the stop flag and retry.
+                if e == EINTR || e == EAGAIN { continue }
+                stop.stop(.vmmError("KVM_RUN on vCPU \(vcpu.id) failed: \(errorString(e))"))
+                return
+            }
+            let reason = skvm_exit_reason(run)
+            exitCounts[Int(min(reason, UInt32(Self.exitReasonSlots - 1)))] &+= 1
+            if trace.contains(.exits) { traceExit(reason, run) }
+            switch reason {
+            case SKVM_EXIT_IO:
+                if !handleIO(run, fd) { return }
+            case SKVM_EXIT_MMIO:
+                handleMMIO(run)
+            case SKVM_EXIT_INTR:
+                continue
+            default:
+                handleFatalExit(reason, run)
+                return
+            }
+        }
+    }
+
+    // MARK: Port I/O
+
+    @inline(__always)
+    private func handleIO(_ run: UnsafeMutablePointer<kvm_run>, _ fd: Int32) -> Bool {
+        let port = skvm_io_port(run)
+        let size = Int(skvm_io_size(run))
+        let count = Int(skvm_io_count(run))
+        let data = UnsafeMutableRawPointer(skvm_io_data(run)!)
+        let isWrite = skvm_io_direction(run) == SKVM_EXIT_IO_OUT
+        if port == HypercallPage.port && isWrite && size == 4 && count == 1 {
+            return handleHypercall(number: UInt64(data.loadUnaligned(as: UInt32.self)), fd)
+        }
+        if let (device, offset) = ports.lookup(UInt64(port)) {
+            for i in 0..<count {
+                let p = data + i * size
+                if isWrite {
+                    let value = loadLittleEndian(p, size)
+                    device.writes.wrappingAdd(1, ordering: .relaxed)
+                    device.write(offset: offset, size: size, value: value)
+                    if trace.contains(.io) { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
+                } else {
+                    device.reads.wrappingAdd(1, ordering: .relaxed)
+                    let value = device.read(offset: offset, size: size)
+                    storeLittleEndian(value, p, size)
+                    if trace.contains(.io) { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
+                }
+            }
+        } else {
+            // Nobody there: reads float high, writes vanish, as on a real ISA bus.
+            if isWrite {
+                ports.unclaimedWrites.wrappingAdd(1, ordering: .relaxed)
+            } else {
+                data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
+                ports.unclaimedReads.wrappingAdd(1, ordering: .relaxed)
+            }
+            guestErrors &+= 1
+            if trace.contains(.io) || trace.contains(.guestErrors) {
+                traceAccess(isWrite ? "out" : "in ", port: UInt64(port), size: size,
+                            value: isWrite ? loadLittleEndian(data, size) : ~0, device: nil)
+            }
+        }
+        return true
+    }
+
+    // MARK: Hypercalls
+
+    /// The stub wrote the call's number; its arguments are in the guest's registers.
+    private func handleHypercall(number: UInt64, _ fd: Int32) -> Bool {
+        var regs = kvm_regs()
+        guard skvm_ioctl_ptr(fd, SKVM_GET_REGS, &regs) == 0 else {
+            stop.stop(.vmmError("KVM_GET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
+            return false
+        }
+        hypercallCounts[Int(min(number, UInt64(HypercallPage.stubCount)))] &+= 1
+        let args = HypercallArguments(regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8)
+        var started = timespec()
+        if trace.contains(.hypercalls) { clock_gettime(CLOCK_MONOTONIC, &started) }
+        let result = hypercalls.dispatch(number: number, args)
+        if trace.contains(.hypercalls) { traceHypercall(number, args, result, started) }
+        switch result {
+        case .resume(let value):
+            regs.rax = value
+            guard skvm_ioctl_ptr(fd, SKVM_SET_REGS, &regs) == 0 else {
+                stop.stop(.vmmError("KVM_SET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
+                return false
+            }
+            return true
+        case .stopVCPU:
+            return false
+        }
+    }
+
+    // MARK: MMIO
+
+    @inline(__always)
+    private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>) {
+        let address = skvm_mmio_address(run)
+        let size = Int(skvm_mmio_length(run))
+        let data = UnsafeMutableRawPointer(skvm_mmio_data(run)!)
+        let isWrite = skvm_mmio_is_write(run) != 0
+        if let (device, offset) = mmio.lookup(address) {
+            if isWrite {
+                device.writes.wrappingAdd(1, ordering: .relaxed)
+                device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
+            } else {
+                device.reads.wrappingAdd(1, ordering: .relaxed)
+                storeLittleEndian(device.read(offset: offset, size: size), data, size)
+            }
+            if trace.contains(.io) {
+                traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
+                            value: loadLittleEndian(data, size), device: device)
+            }
+            return
+        }
+        guestErrors &+= 1
+        if isWrite {
+            mmio.unclaimedWrites.wrappingAdd(1, ordering: .relaxed)
+            // A write into a read-only slot (the hypercall page) lands here: dropped.
+            if trace.contains(.guestErrors) || trace.contains(.io) {
+                let what = memory.contains(address, count: UInt64(size)) ? "write to read-only guest memory" : "write to unclaimed MMIO"
+                Diagnostics.line("swiftvmm: vcpu\(vcpu.id): \(what) at \(Diagnostics.hex(address)) (\(size) bytes) ignored")
+            }
+        } else {
+            mmio.unclaimedReads.wrappingAdd(1, ordering: .relaxed)
+            data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: min(size, 8))
+            if trace.contains(.guestErrors) || trace.contains(.io) {
+                Diagnostics.line("swiftvmm: vcpu\(vcpu.id): read from unclaimed MMIO at \(Diagnostics.hex(address)) (\(size) bytes)")
+            }
+        }
+    }
+
+    // MARK: The end of a run
+
+    /// Exits that end the VM. Formatting and register reads are fine here: this happens once.
+    private func handleFatalExit(_ reason: UInt32, _ run: UnsafeMutablePointer<kvm_run>) {
+        switch reason {
+        case SKVM_EXIT_SYSTEM_EVENT:
+            switch skvm_system_event_type(run) {
+            case SKVM_SYSTEM_EVENT_SHUTDOWN: stop.stop(.shutdown); return
+            case SKVM_SYSTEM_EVENT_RESET: stop.stop(.reboot); return
+            default: break
+            }
+        default:
+            break
+        }
+        let report = FaultReport(vcpu: vcpu, memory: memory, reason: reason, run: run)
+        stop.stop(.guestFault(summary: report.summary, report: report.text))
+    }
+
+    // MARK: Tracing (off the fast path: only reached when a trace flag is set)
+
+    private func traceExit(_ reason: UInt32, _ run: UnsafeMutablePointer<kvm_run>) {
+        var line = "swiftvmm: vcpu\(vcpu.id) exit \(FaultReport.exitReasonName(reason))"
+        if reason == SKVM_EXIT_IO {
+            line += " port=\(Diagnostics.hex(skvm_io_port(run))) \(skvm_io_direction(run) == SKVM_EXIT_IO_OUT ? "out" : "in") size=\(skvm_io_size(run))"
+        } else if reason == SKVM_EXIT_MMIO {
+            line += " addr=\(Diagnostics.hex(skvm_mmio_address(run))) \(skvm_mmio_is_write(run) != 0 ? "write" : "read") len=\(skvm_mmio_length(run))"
+        }
+        Diagnostics.line(line)
+    }
+
+    private func traceAccess(_ kind: String, port: UInt64, size: Int, value: UInt64, device: BusDevice?) {
+        let mask: UInt64 = size >= 8 ? ~0 : (1 << UInt64(size * 8)) - 1
+        Diagnostics.line("swiftvmm: vcpu\(vcpu.id) \(kind) \(Diagnostics.hex(port, width: 4)) size=\(size) value=\(Diagnostics.hex(value & mask)) -> \(device?.name ?? "unclaimed")")
+    }
+
+    private func traceHypercall(_ number: UInt64, _ args: HypercallArguments, _ result: HypercallHandler.Result, _ started: timespec) {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let ns = Int64(now.tv_sec - started.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec - started.tv_nsec)
+        let value: String
+        switch result {
+        case .resume(let v): value = Int64(bitPattern: v) < 0 ? "\(Int64(bitPattern: v))" : Diagnostics.hex(v)
+        case .stopVCPU: value = "(does not return)"
+        }
+        Diagnostics.line("swiftvmm: vcpu\(vcpu.id) hypercall #\(number) \(HypercallHandler.describe(number: number, args)) = \(value) [\(ns) ns]")
+    }
+}
+
+@inline(__always)
+func loadLittleEndian(_ p: UnsafeRawPointer, _ size: Int) -> UInt64 {
+    switch size {
+    case 1: return UInt64(p.load(as: UInt8.self))
+    case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
+    case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+    default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+    }
+}
+
+@inline(__always)
+func storeLittleEndian(_ value: UInt64, _ p: UnsafeMutableRawPointer, _ size: Int) {
+    switch size {
+    case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+    case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: value).littleEndian, as: UInt16.self)
+    case 4: p.storeBytes(of: UInt32(truncatingIfNeeded: value).littleEndian, as: UInt32.self)
+    default: p.storeBytes(of: value.littleEndian, as: UInt64.self)
+    }
+}
