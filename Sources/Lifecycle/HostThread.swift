@@ -1,4 +1,3 @@
-internal import CSystem
 import Glibc
 
 /// A dedicated host thread (vCPUs, console input, device workers).
@@ -23,7 +22,7 @@ public struct HostThread: Sendable {
             return nil
         }, box)
         precondition(rc == 0, "pthread_create: \(String(cString: strerror(rc)))")
-        _ = sys_set_thread_name(tid, String(name.prefix(15)))
+        setThreadName(tid, String(name.prefix(15)))
         return HostThread(handle: tid)
     }
 
