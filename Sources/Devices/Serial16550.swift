@@ -131,9 +131,12 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
                     s.thrEmptyPending = true     // THR is always empty here
                 }
             case 2:
-                let enable = v & Self.fcrEnable != 0
-                if enable != s.fifoEnabled || v & Self.fcrClearRX != 0 { s.rx.removeAll() }
-                s.fifoEnabled = enable
+                // Unlike the datasheet, switching the FIFOs on or off keeps received bytes:
+                // a guest that enables its FIFO while booting would otherwise lose whatever
+                // was typed (or piped) ahead of it. An explicit "clear RX FIFO" still clears.
+                if v & Self.fcrClearRX != 0 { s.rx.removeAll() }
+                s.fifoEnabled = v & Self.fcrEnable != 0
+                while s.rx.count > s.rxLimit { _ = s.rx.pop() }
             case 3:
                 s.lcr = v
             case 4:

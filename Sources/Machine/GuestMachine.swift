@@ -183,13 +183,22 @@ public final class GuestMachine: @unchecked Sendable {
             inputThread = input.start()
         }
         let outcome = stop.wait()
-        // Kick every vCPU out of KVM_RUN: immediate_exit covers one about to enter, the signal
-        // one already inside.
-        for (runner, thread) in zip(runners, threads) {
-            runner.vcpu.requestImmediateExit()
-            thread.signal(Self.kickSignal)
+        // Kick every vCPU out of KVM_RUN until its loop has returned: immediate_exit covers
+        // one about to enter, the signal one already inside. Kick again until it is out: an
+        // application processor still waiting for SIPI blocks inside KVM_RUN before KVM looks
+        // at immediate_exit, so a signal that lands just before it blocks would be lost.
+        var kicks = 0
+        while runners.contains(where: { !$0.finished.load(ordering: .acquiring) }) && kicks < 2000 {
+            for (runner, thread) in zip(runners, threads) where !runner.finished.load(ordering: .acquiring) {
+                runner.vcpu.requestImmediateExit()
+                thread.signal(Self.kickSignal)
+            }
+            kicks += 1
+            usleep(1000)
         }
-        for thread in threads { thread.join() }
+        for (runner, thread) in zip(runners, threads) where runner.finished.load(ordering: .acquiring) {
+            thread.join()
+        }
         inputThread?.join()
         ConsoleInput.restoreTerminal()
         return (outcome, statistics())

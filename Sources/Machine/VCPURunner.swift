@@ -5,6 +5,7 @@ import Hypercalls
 import KVM
 import Lifecycle
 import Memory
+import Synchronization
 
 /// The vCPU loop: enter the guest, take the exit, hand it to whoever serves it, repeat.
 ///
@@ -49,7 +50,11 @@ final class VCPURunner: @unchecked Sendable {
         hypercallCounts.deallocate()
     }
 
+    /// Set when `run` has returned, so the machine knows when to stop kicking this vCPU.
+    let finished = Atomic<Bool>(false)
+
     func run() {
+        defer { finished.store(true, ordering: .releasing) }
         let fd = vcpu.fd
         let run = vcpu.run
         while !stop.isStopping {

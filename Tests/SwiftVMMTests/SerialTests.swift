@@ -87,7 +87,11 @@ struct SerialTests {
         let big = [UInt8](repeating: 0x55, count: Serial16550.receiveCapacity + 10)
         #expect(big.withUnsafeBytes { h.serial.receive($0) } == 1)
         #expect(h.serial.receiveSpace == 0)
-        h.out(2, 0x01)               // enable FIFOs: resets them, as on the real part
+        h.out(2, 0x01)               // enable FIFOs: the waiting byte is kept
+        #expect(h.inb(5) & 0x01 == 0x01)
+        #expect(big.withUnsafeBytes { h.serial.receive($0) } == 15)
+        #expect(h.serial.receiveSpace == 0)
+        h.out(2, 0x03)               // clear RX FIFO: now it is gone
         #expect(h.inb(5) & 0x01 == 0)
         #expect(big.withUnsafeBytes { h.serial.receive($0) } == 16)
         #expect(h.serial.receiveSpace == 0)
