@@ -23,7 +23,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CKVM", path: "Sources/CKVM"),
-        .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", providers: [.apt(["libelf-dev"])]),
+        .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", providers: [.apt(["libelf-dev", "libdw-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Memory"),
         .systemLibrary(name: "CSystem", path: "Sources/CSystem"),

@@ -3,35 +3,52 @@ import Lifecycle
 import Synchronization
 
 /// The guest's console as the host sees it: bytes from the serial port and the console
-/// hypercall go to standard output.
+/// hypercall go to standard output (unless `quiet`), to the `--console-log` file if any, and
+/// through the monitor that watches for panics and `--expect`/`--fail-on` patterns.
 ///
-/// Writes go straight to the fd, unbuffered, so an interactive prompt appears at once and
-/// nothing is left in a buffer when the VM ends. A lock keeps a hypercall's string whole when
-/// several vCPUs write at once.
+/// Writes go straight to the fds, unbuffered, so an interactive prompt appears at once and
+/// nothing is left in a buffer when the VM ends, however it ends. A lock keeps a hypercall's
+/// string whole when several vCPUs write at once, and serializes the monitor.
 public final class Console: @unchecked Sendable {
     private let fd: Int32
+    private let quiet: Bool
+    private let logFD: Int32?
+    private let monitor: ConsoleMonitor?
+    private let timeline: Timeline?
     private let lock = Mutex<Void>(())
 
-    public init(fd: Int32 = 1) { self.fd = fd }
+    public init(fd: Int32 = 1, quiet: Bool = false, logFD: Int32? = nil, monitor: ConsoleMonitor? = nil,
+                timeline: Timeline? = nil) {
+        self.fd = fd
+        self.quiet = quiet
+        self.logFD = logFD
+        self.monitor = monitor
+        self.timeline = timeline
+    }
 
     @inline(__always)
     public func put(_ byte: UInt8) {
         var b = byte
-        lock.withLock { _ in writeAll(&b, 1) }
+        withUnsafeBytes(of: &b) { write($0) }
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        lock.withLock { _ in writeAll(base, bytes.count) }
+        timeline?.markConsoleByte()
+        lock.withLock { _ in
+            if !quiet { Self.writeAll(fd, base, bytes.count) }
+            if let logFD { Self.writeAll(logFD, base, bytes.count) }
+            if let monitor { for b in bytes { monitor.feed(b) } }
+        }
     }
 
-    private func writeAll(_ p: UnsafeRawPointer, _ count: Int) {
+    static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) {
         var off = 0
         while off < count {
             let n = Glibc.write(fd, p + off, count - off)
             if n < 0 {
                 if errno == EINTR || errno == EAGAIN { continue }
-                return          // stdout gone (closed pipe): the guest's output is dropped, the guest goes on
+                return          // output gone (closed pipe): dropped, the guest goes on
             }
             off += n
         }

@@ -17,6 +17,9 @@ public enum Hypercall: UInt32, CaseIterable, Sendable {
     case random = 4
     /// `version(buf, len) -> abi`: the ABI version; writes "swiftvmm X.Y.Z" into buf if given.
     case version = 5
+    /// `checksum(buf, len) -> fnv1a32`: the FNV-1a hash of a guest buffer. The worked example
+    /// of adding a hypercall in docs/hypercalls.md.
+    case checksum = 6
 
     public var name: String {
         switch self {
@@ -26,6 +29,7 @@ public enum Hypercall: UInt32, CaseIterable, Sendable {
         case .timeNs: return "time_ns"
         case .random: return "random"
         case .version: return "version"
+        case .checksum: return "checksum"
         }
     }
 
@@ -34,7 +38,7 @@ public enum Hypercall: UInt32, CaseIterable, Sendable {
         switch self {
         case .noop, .timeNs: return 0
         case .exit: return 1
-        case .consoleWrite, .random, .version: return 2
+        case .consoleWrite, .random, .version, .checksum: return 2
         }
     }
 }

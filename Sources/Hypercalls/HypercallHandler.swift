@@ -50,6 +50,7 @@ public final class HypercallHandler: Sendable {
         case .timeNs: return .resume(timeNs())
         case .random: return .resume(UInt64(bitPattern: random(buffer: args.a0, length: args.a1)))
         case .version: return .resume(UInt64(bitPattern: version(buffer: args.a0, length: args.a1)))
+        case .checksum: return .resume(UInt64(bitPattern: checksum(buffer: args.a0, length: args.a1)))
         }
     }
 
@@ -98,6 +99,17 @@ public final class HypercallHandler: Sendable {
             p.storeBytes(of: 0, toByteOffset: n, as: UInt8.self)
         }
         return Int64(SwiftVMMVersion.hypercallABI)
+    }
+
+    /// 32-bit FNV-1a (offset basis 2166136261, prime 16777619) of a guest buffer.
+    func checksum(buffer: UInt64, length: UInt64) -> Int64 {
+        guard length <= Self.maxBufferLength else { return HypercallError.invalid }
+        guard let p = memory.pointer(buffer, count: length) else { return HypercallError.fault }
+        var hash: UInt32 = 2_166_136_261
+        for byte in UnsafeRawBufferPointer(start: p, count: Int(length)) {
+            hash = (hash ^ UInt32(byte)) &* 16_777_619
+        }
+        return Int64(hash)
     }
 
     /// "console_write(0x100200, 12)" for traces.

@@ -43,12 +43,23 @@ public final class StopController: Sendable {
     /// A file descriptor that becomes readable once the run is stopping (for poll loops).
     public var pollFD: Int32 { eventFD }
 
-    /// Block until some outcome is reported and return it.
-    public func wait() -> Outcome {
+    /// Block until some outcome is reported and return it. With a timeout, report
+    /// `.timeout` when it expires first (whatever the vCPUs are doing).
+    public func wait(timeout: Double? = nil) -> Outcome {
+        let deadline = timeout.map { monotonicNanoseconds() + UInt64($0 * 1e9) }
         while true {
             if let o = outcome { return o }
+            var ms: Int32 = -1
+            if let deadline {
+                let now = monotonicNanoseconds()
+                if now >= deadline {
+                    stop(.timeout(seconds: timeout!))
+                    continue
+                }
+                ms = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
+            }
             var pfd = pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, -1)
+            _ = poll(&pfd, 1, ms)
         }
     }
 }

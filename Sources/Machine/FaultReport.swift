@@ -3,15 +3,15 @@ import KVM
 import Lifecycle
 import Memory
 
-/// What a user needs when the guest hits something the VMM cannot continue from: which exit,
-/// on which vCPU, where (RIP), the instruction bytes there, and the registers.
+/// What a user needs first when the guest hits something the VMM cannot continue from: which
+/// exit, on which vCPU, where (RIP), and the instruction bytes there. Taken on the faulting
+/// vCPU's thread, at the moment of the exit; `CrashReport` adds every vCPU's registers.
 struct FaultReport {
     let summary: String
     let text: String
 
     init(vcpu: VCPU, memory: GuestMemory, reason: UInt32, run: UnsafeMutablePointer<kvm_run>) {
         let regs = try? vcpu.regs()
-        let sregs = try? vcpu.sregs()
         let rip = regs?.rip ?? 0
         var what: String
         var insn: [UInt8] = []
@@ -50,8 +50,6 @@ struct FaultReport {
         if !insn.isEmpty {
             lines.append("  instruction bytes at RIP: " + insn.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " "))
         }
-        if let r = regs { lines += Self.format(regs: r) }
-        if let s = sregs { lines += Self.format(sregs: s) }
         text = lines.joined(separator: "\n")
     }
 

@@ -18,16 +18,35 @@ public final class GuestMachine: @unchecked Sendable {
     let ports = IOBus(name: "port I/O")
     let mmio = IOBus(name: "MMIO")
     let console: Console
+    let monitor: ConsoleMonitor
     let serial: Serial16550
     let stop = StopController()
+    public let timeline: Timeline
     let runners: [VCPURunner]
+    private let consoleLogFD: Int32?
 
     /// The signal that kicks vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR1
 
-    public init(config: MachineConfig, console: Console = Console()) throws(MachineError) {
+    public init(config: MachineConfig) throws(MachineError) {
         self.config = config
-        self.console = console
+        timeline = Timeline(start: config.startTime ?? monotonicNanoseconds())
+        // The console and what watches it, first: bad patterns or an unwritable log file are
+        // usage errors, reported before anything is built.
+        do {
+            monitor = try ConsoleMonitor(expect: config.expect, failOn: config.failOn,
+                                         detectPanic: config.detectPanic, stop: stop, timeline: timeline)
+        } catch {
+            throw .usage(error.description)
+        }
+        if let path = config.consoleLogPath {
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw .usage("--console-log=\(path): \(errorString(errno))") }
+            consoleLogFD = fd
+        } else {
+            consoleLogFD = nil
+        }
+        console = Console(quiet: config.quiet, logFD: consoleLogFD, monitor: monitor, timeline: timeline)
         // KVM: the system, a VM, and the in-kernel interrupt controllers and timer.
         do {
             host = try KVMHost()
@@ -94,8 +113,12 @@ public final class GuestMachine: @unchecked Sendable {
         serial = Serial16550(irq: IRQLine(vm: vm, gsi: Serial16550.com1IRQ), console: console)
         do {
             try ports.register(serial, at: Serial16550.com1Port, length: Serial16550.portCount)
+            try ports.register(BootMarker(timeline: timeline), at: BootMarker.port, length: 1)
+            if let port = config.debugExitPort {
+                try ports.register(DebugExit(stop: stop), at: UInt64(port), length: DebugExit.width)
+            }
         } catch {
-            throw .setup(error.description)
+            throw .usage(error.description)
         }
 
         // vCPUs, each placed at the kernel's entry.
@@ -116,7 +139,8 @@ public final class GuestMachine: @unchecked Sendable {
                     try vcpu.setFPU(LongMode.fpu())
                 }
                 runners.append(VCPURunner(vcpu: vcpu, ports: ports, mmio: mmio, memory: memory,
-                                          hypercalls: handler, stop: stop, trace: config.trace))
+                                          hypercalls: handler, stop: stop, trace: config.trace,
+                                          timeline: id == 0 ? timeline : nil))
             }
         } catch let e as KVMError {
             throw .kvm(e.description, exitCode: ExitStatus.vmmError)
@@ -169,8 +193,22 @@ public final class GuestMachine: @unchecked Sendable {
     /// End the run from outside (signals, timeouts). The first outcome reported wins.
     public func requestStop(_ outcome: Outcome) { stop.stop(outcome) }
 
+    deinit { if let fd = consoleLogFD { close(fd) } }
+
+    /// Everything known about a finished run.
+    public struct RunResult: Sendable {
+        public let outcome: Outcome
+        public let statistics: Statistics
+        /// Registers and stacks of every vCPU, for runs that ended badly.
+        public let crash: CrashReport?
+        /// The last oops the console showed, its frames resolved to source lines if possible.
+        public let oops: DecodedOops?
+        /// `--expect` patterns matched before the end.
+        public let expectationsMatched: Int
+    }
+
     /// Run the guest until something ends it; returns the outcome. Call once.
-    public func run() -> (outcome: Outcome, statistics: Statistics) {
+    public func run() -> RunResult {
         _ = skvm_install_kick_handler(Self.kickSignal)
         var threads: [HostThread] = []
         for runner in runners {
@@ -182,7 +220,7 @@ public final class GuestMachine: @unchecked Sendable {
             input.enterRawMode()
             inputThread = input.start()
         }
-        let outcome = stop.wait()
+        var outcome = stop.wait(timeout: config.timeout)
         // Kick every vCPU out of KVM_RUN until its loop has returned: immediate_exit covers
         // one about to enter, the signal one already inside. Kick again until it is out: an
         // application processor still waiting for SIPI blocks inside KVM_RUN before KVM looks
@@ -196,12 +234,59 @@ public final class GuestMachine: @unchecked Sendable {
             kicks += 1
             usleep(1000)
         }
-        for (runner, thread) in zip(runners, threads) where runner.finished.load(ordering: .acquiring) {
-            thread.join()
+        for (runner, thread) in zip(runners, threads) {
+            if runner.finished.load(ordering: .acquiring) {
+                thread.join()
+            } else {
+                Diagnostics.line("swiftvmm: vCPU \(runner.vcpu.id) did not leave KVM_RUN within 2 s of being kicked; leaving it behind")
+            }
         }
         inputThread?.join()
         ConsoleInput.restoreTerminal()
-        return (outcome, statistics())
+        timeline.markEnd()
+
+        // A guest that ends on its own before every --expect matched has not met them.
+        let progress = monitor.expectProgress
+        if outcome.isGuestEnding, let next = progress.next {
+            outcome = .expectationUnmet(pattern: next, after: outcome.summary)
+        }
+        var crash: CrashReport?
+        var symbols: Symbolizer?
+        let abnormal = !(outcome.isGuestEnding || outcome.name == "expect-matched")
+        if abnormal || monitor.oops != nil { symbols = loadSymbols() }
+        if abnormal {
+            let stopped = runners.filter { $0.finished.load(ordering: .acquiring) }.map(\.vcpu)
+            crash = CrashReport.capture(stopped, memory: memory, symbols: symbols)
+        }
+        var oops: DecodedOops?
+        if let seen = monitor.oops {
+            let lines = (config.debugVmlinuxPath ?? (isELF(config.kernelPath) ? config.kernelPath : nil)).flatMap(SourceLines.init(path:))
+            oops = DecodedOops.decode(seen, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
+        }
+        return RunResult(outcome: outcome, statistics: statistics(), crash: crash, oops: oops,
+                         expectationsMatched: progress.matched)
+    }
+
+    /// Symbols for reports: --system-map, else the debug vmlinux, else the kernel if it is an ELF.
+    func loadSymbols() -> Symbolizer? {
+        if let map = config.systemMapPath, let bytes = try? readFile(map) {
+            return Symbolizer(systemMap: String(decoding: bytes, as: UTF8.self))
+        }
+        for path in [config.debugVmlinuxPath, config.kernelPath].compactMap({ $0 }) where isELF(path) {
+            if let bytes = try? readFile(path) {
+                let s = Symbolizer(elf: bytes)
+                if !s.isEmpty { return s }
+            }
+        }
+        return nil
+    }
+
+    func isELF(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var magic: UInt32 = 0
+        return read(fd, &magic, 4) == 4 && magic == 0x464C_457F
     }
 
     func statistics() -> Statistics {

@@ -12,6 +12,28 @@ public struct MachineConfig: Sendable {
     /// Feed stdin to the serial port (off for tests that run many VMs in one process).
     public var consoleInput = true
 
+    // What ends a run, and what is kept of it (the CI side).
+    /// Stop the VM and exit 124 after this many seconds.
+    public var timeout: Double?
+    /// Console patterns that must all match, in order; the run ends (exit 0) when the last does.
+    public var expect: [String] = []
+    /// Console patterns that end the run as a failure (exit 73).
+    public var failOn: [String] = []
+    /// End the run (exit 72) when the console shows `Kernel panic - not syncing`.
+    public var detectPanic = true
+    /// Copy of the console.
+    public var consoleLogPath: String?
+    /// Keep the console off stdout.
+    public var quiet = false
+    /// A QEMU-compatible isa-debug-exit device on this port.
+    public var debugExitPort: UInt16?
+    /// Symbols for crash reports when the kernel is not an ELF with a symbol table.
+    public var systemMapPath: String?
+    /// An ELF with DWARF for resolving oops frames to source lines (default: the kernel, if ELF).
+    public var debugVmlinuxPath: String?
+    /// When swiftvmm started (monotonic ns), so reported times include its own start-up.
+    public var startTime: UInt64?
+
     public init(memory: MemorySize, kernelPath: String, commandLine: String) {
         self.memory = memory
         self.kernelPath = kernelPath
@@ -25,17 +47,18 @@ public enum MachineError: Error, CustomStringConvertible {
     case memory(String)
     case boot(String, exitCode: Int32)
     case setup(String)
+    case usage(String)
 
     public var description: String {
         switch self {
-        case .kvm(let m, _), .memory(let m), .boot(let m, _), .setup(let m): return m
+        case .kvm(let m, _), .memory(let m), .boot(let m, _), .setup(let m), .usage(let m): return m
         }
     }
 
     public var exitCode: Int32 {
         switch self {
         case .kvm(_, let code), .boot(_, let code): return code
-        case .memory: return ExitStatus.usage
+        case .memory, .usage: return ExitStatus.usage
         case .setup: return ExitStatus.vmmError
         }
     }

@@ -24,6 +24,8 @@ final class VCPURunner: @unchecked Sendable {
     let hypercalls: HypercallHandler
     let stop: StopController
     let trace: TraceOptions
+    /// Set for the boot vCPU only: it records when the guest first runs.
+    let timeline: Timeline?
 
     /// Per-vCPU counters, owned by this vCPU's thread while it runs (read after it is joined).
     static let exitReasonSlots = 64
@@ -33,7 +35,7 @@ final class VCPURunner: @unchecked Sendable {
     var guestErrors: UInt64 = 0
 
     init(vcpu: VCPU, ports: IOBus, mmio: IOBus, memory: GuestMemory, hypercalls: HypercallHandler,
-         stop: StopController, trace: TraceOptions) {
+         stop: StopController, trace: TraceOptions, timeline: Timeline?) {
         self.vcpu = vcpu
         self.ports = ports
         self.mmio = mmio
@@ -41,6 +43,7 @@ final class VCPURunner: @unchecked Sendable {
         self.hypercalls = hypercalls
         self.stop = stop
         self.trace = trace
+        self.timeline = timeline
         exitCounts.initialize(repeating: 0, count: Self.exitReasonSlots)
         hypercallCounts.initialize(repeating: 0, count: HypercallPage.stubCount + 1)
     }
@@ -55,8 +58,15 @@ final class VCPURunner: @unchecked Sendable {
 
     func run() {
         defer { finished.store(true, ordering: .releasing) }
+        // The kick must reach this thread even if our parent started us with it blocked
+        // (signal masks are inherited across exec; test runners do this).
+        var kick = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, GuestMachine.kickSignal)
+        pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         let fd = vcpu.fd
         let run = vcpu.run
+        timeline?.markFirstGuestEntry()
         while !stop.isStopping {
             if skvm_ioctl(fd, SKVM_RUN, 0) < 0 {
                 let e = skvm_errno()

@@ -26,16 +26,24 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm 32m guests/minimal/build/minimal.elf hello
           swiftvmm 32m guests/minimal/build/minimal.elf exit=7; echo $?      # prints 7
           swiftvmm --trace=hypercalls 32m guests/minimal/build/minimal.elf test=hypercalls
+          swiftvmm --timeout=5m --expect='Run /init' --console-log=boot.log --report=boot.json \\
+                   --quiet 128m vmlinux console=ttyS0
 
         EXIT STATUS:
-          0–255  the guest's own status (exit hypercall); 0 also for a clean shutdown or reboot
-          64     usage error: bad option, memory size, or command line too long
+          0–255  the guest's own status (exit hypercall); 0 also for a clean shutdown or reboot,
+                 and when every --expect pattern matched
+          (V<<1)|1  the guest wrote V to the --debug-exit port (QEMU's isa-debug-exit)
+          64     usage error: bad option, memory size, pattern, or command line too long
           65     the kernel image is malformed or does not fit in guest RAM
           66     the kernel file is missing or unreadable
           69     KVM is unavailable (/dev/kvm missing or lacking a required capability)
           70     swiftvmm itself failed (a host resource or KVM call refused)
           71     guest fault: triple fault, instruction KVM cannot emulate, internal error, failed entry
-          130    interrupted (SIGINT, or three Ctrl-C on the console); 143 terminated (SIGTERM)
+          72     kernel panic seen on the console ('Kernel panic - not syncing')
+          73     a --fail-on pattern matched
+          74     the guest ended before every --expect pattern matched
+          124    --timeout expired
+          130    interrupted (SIGINT, or three Ctrl-C on the console); 143 SIGTERM, 129 SIGHUP
         Codes 64 and above can also be a guest's own status: guests that want unmistakable \
         results exit with statuses below 64.
         """,
@@ -52,6 +60,45 @@ struct SwiftVMM: ParsableCommand {
 
     @Flag(name: .shortAndLong, help: "Describe the machine at start and print counters at the end (stderr).")
     var verbose = false
+
+    @Option(help: ArgumentHelp("Stop the VM and exit 124 after this long: 90s, 5m, 1h, 500ms, or seconds.",
+                               valueName: "duration"))
+    var timeout: String?
+
+    @Option(help: ArgumentHelp("End the run with exit 0 once console lines have matched these regular "
+                               + "expressions, in order (repeatable).", valueName: "regex"))
+    var expect: [String] = []
+
+    @Option(name: .customLong("fail-on"), help: ArgumentHelp(
+        "End the run with exit 73 as soon as a console line matches (repeatable).", valueName: "regex"))
+    var failOn: [String] = []
+
+    @Flag(name: .customLong("no-panic-detection"),
+          help: "Do not end the run (exit 72) when the console shows 'Kernel panic - not syncing'.")
+    var noPanicDetection = false
+
+    @Option(name: .customLong("console-log"), help: ArgumentHelp("Copy the guest's console to this file.", valueName: "file"))
+    var consoleLog: String?
+
+    @Flag(name: .shortAndLong, help: "Keep the guest's console off stdout (see --console-log).")
+    var quiet = false
+
+    @Option(help: ArgumentHelp("Write a JSON summary of the run here (docs/ci.md lists its fields).", valueName: "file"))
+    var report: String?
+
+    @Option(name: .customLong("debug-exit"), help: ArgumentHelp(
+        "QEMU-compatible isa-debug-exit: a guest write of V to PORT (default 0xf4, 4 bytes) exits with (V<<1)|1. "
+        + "Give it as --debug-exit or --debug-exit=PORT.", valueName: "port"))
+    var debugExit: String?
+
+    @Option(name: .customLong("system-map"), help: ArgumentHelp(
+        "Kernel symbols for crash reports when the kernel is not an ELF with a symbol table.", valueName: "file"))
+    var systemMap: String?
+
+    @Option(name: .customLong("debug-vmlinux"), help: ArgumentHelp(
+        "An ELF with DWARF to resolve oops frames on the console to source lines (default: the kernel, if ELF).",
+        valueName: "file"))
+    var debugVmlinux: String?
 
     @Argument(help: ArgumentHelp("Guest RAM: 64m, 1g, 512k, or a number of MiB.", valueName: "memory"))
     var memory: String
@@ -73,6 +120,18 @@ struct SwiftVMM: ParsableCommand {
         for t in trace where TraceOptions(parsing: t) == nil {
             throw ValidationError("unknown --trace value '\(t)'; use exits, io, hypercalls, guest-errors, or all")
         }
+        if let t = timeout, DurationText.parse(t) == nil {
+            throw ValidationError("--timeout=\(t) is not a duration; use e.g. 90s, 5m, 1h, 500ms")
+        }
+        if let p = debugExit, Self.parsePort(p) == nil {
+            throw ValidationError("--debug-exit=\(p) is not a port number (0-0xfffc)")
+        }
+    }
+
+    static func parsePort(_ text: String) -> UInt16? {
+        let v = text.lowercased().hasPrefix("0x") ? UInt16(text.dropFirst(2), radix: 16) : UInt16(text)
+        guard let v, v <= 0xFFFC else { return nil }
+        return v
     }
 
     var traceOptions: TraceOptions {
@@ -91,6 +150,23 @@ struct SwiftVMM: ParsableCommand {
         config.cpus = cpus
         config.trace = traceOptions
         config.verbose = verbose
+        config.timeout = timeout.flatMap(DurationText.parse)
+        config.expect = expect
+        config.failOn = failOn
+        config.detectPanic = !noPanicDetection
+        config.consoleLogPath = consoleLog
+        config.quiet = quiet
+        config.debugExitPort = debugExit.flatMap(Self.parsePort)
+        config.systemMapPath = systemMap
+        config.debugVmlinuxPath = debugVmlinux
+        config.startTime = processStart
+
+        // The report file is opened now, so an unwritable path fails before the guest runs.
+        var reportFD: Int32 = -1
+        if let path = report {
+            reportFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            if reportFD < 0 { fail("--report=\(path): \(String(cString: strerror(errno)))", code: ExitStatus.usage) }
+        }
 
         // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
         // block them everywhere and take them on one thread with sigwait.
@@ -114,29 +190,45 @@ struct SwiftVMM: ParsableCommand {
         if verbose {
             Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format)), command line \"\(machine.kernel.commandLine)\"")
         }
-        let (outcome, stats) = machine.run()
+        let result = machine.run()
+        let outcome = result.outcome
         switch outcome {
+        case .guestExit, .debugExit, .shutdown, .reboot, .expectationsMet:
+            break
         case .guestFault(_, let report):
             Diagnostics.line(report)
-        case .vmmError(let message):
-            Diagnostics.line("swiftvmm: error: \(message)")
-        case .interrupted:
+        default:
             Diagnostics.line("swiftvmm: \(outcome.summary)")
-        case .guestExit, .shutdown, .reboot:
-            break
         }
-        if verbose {
-            Diagnostics.line("swiftvmm: \(outcome.summary); exit code \(outcome.exitCode)")
-            let exits = stats.exitsByReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-            Diagnostics.line("swiftvmm: exits: \(exits.joined(separator: " "))")
-            let calls = stats.hypercallsByNumber.sorted { $0.key < $1.key }.map { "#\($0.key)=\($0.value)" }
-            Diagnostics.line("swiftvmm: hypercalls: \(calls.isEmpty ? "none" : calls.joined(separator: " "))")
-            for (name, c) in stats.deviceAccesses.sorted(by: { $0.key < $1.key }) {
-                Diagnostics.line("swiftvmm: \(name): \(c.reads) reads, \(c.writes) writes")
-            }
-            Diagnostics.line("swiftvmm: unclaimed accesses: \(stats.unclaimedPortAccesses) port, \(stats.unclaimedMMIOAccesses) MMIO")
+        if let crash = result.crash {
+            Diagnostics.line("swiftvmm: vCPU state at the end of the run:\n\(crash.text)")
+        }
+        if let oops = result.oops {
+            Diagnostics.line("swiftvmm: the console showed an oops; its frames resolve to:\n\(oops.text)")
+        }
+        if verbose { printStatistics(outcome, result.statistics) }
+        if reportFD >= 0 {
+            let json = RunReport.json(config: config, kernelFormat: machine.kernel.format,
+                                      commandLine: machine.kernel.commandLine, result: result,
+                                      timeline: machine.timeline)
+            var text = json.serialized(indent: 2)
+            text += "\n"
+            text.withUTF8 { buf in _ = Glibc.write(reportFD, buf.baseAddress!, buf.count) }
+            close(reportFD)
         }
         Glibc.exit(outcome.exitCode)
+    }
+
+    func printStatistics(_ outcome: Outcome, _ stats: GuestMachine.Statistics) {
+        Diagnostics.line("swiftvmm: \(outcome.summary); exit code \(outcome.exitCode)")
+        let exits = stats.exitsByReason.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        Diagnostics.line("swiftvmm: exits: \(exits.joined(separator: " "))")
+        let calls = stats.hypercallsByNumber.sorted { $0.key < $1.key }.map { "#\($0.key)=\($0.value)" }
+        Diagnostics.line("swiftvmm: hypercalls: \(calls.isEmpty ? "none" : calls.joined(separator: " "))")
+        for (name, c) in stats.deviceAccesses.sorted(by: { $0.key < $1.key }) {
+            Diagnostics.line("swiftvmm: \(name): \(c.reads) reads, \(c.writes) writes")
+        }
+        Diagnostics.line("swiftvmm: unclaimed accesses: \(stats.unclaimedPortAccesses) port, \(stats.unclaimedMMIOAccesses) MMIO")
     }
 }
 

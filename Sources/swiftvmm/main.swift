@@ -1,4 +1,8 @@
 import ArgumentParser
+import Lifecycle
+
+/// When swiftvmm started, for reported timings: taken before anything else runs.
+let processStart = monotonicNanoseconds()
 
 // Split at the first "--": what follows belongs to the guest, verbatim, and is never
 // parsed as swiftvmm options.
@@ -8,6 +12,9 @@ if let i = arguments.firstIndex(of: "--") {
     passthrough = Array(arguments[(i + 1)...])
     arguments = Array(arguments[..<i])
 }
+// `--debug-exit` takes an optional value, which swift-argument-parser options cannot:
+// the bare flag means the default port.
+arguments = arguments.map { $0 == "--debug-exit" ? "--debug-exit=0xf4" : $0 }
 do {
     var command = try SwiftVMM.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {

@@ -29,6 +29,7 @@ struct hypercall_info {
 
 extern char hypercall_noop[], hypercall_console_write[], hypercall_exit[];
 extern char hypercall_time_ns[], hypercall_random[], hypercall_version[];
+extern char hypercall_checksum[];
 extern const volatile struct hypercall_info hypercall_info;
 
 #define EFAULT	14
@@ -63,6 +64,12 @@ static inline long hc_random(void *buf, u64 len)
 static inline long hc_version(char *buf, u64 len)
 {
 	return HYPERCALL(hypercall_version, buf, len);
+}
+
+/* The worked example of adding a hypercall (docs/hypercalls.md): FNV-1a of a buffer. */
+static inline long hc_checksum(const void *buf, u64 len)
+{
+	return HYPERCALL(hypercall_checksum, buf, len);
 }
 
 static inline _Noreturn void hc_exit(long status)

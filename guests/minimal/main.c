@@ -3,6 +3,7 @@
  */
 #include "hypercall.h"
 #include "lib.h"
+#include "main.h"
 #include "serial.h"
 
 bool have_hypercalls;
@@ -193,7 +194,7 @@ static void fault_gp(void)
  * that cannot be delivered either, so #DF; when that fails too, the CPU
  * shuts down (a triple fault), which the VMM sees as a shutdown exit.
  */
-static void fault_triple(void)
+static __attribute__((noinline)) void fault_triple(void)
 {
 	static const struct __attribute__((packed)) {
 		u16 limit;
@@ -270,7 +271,7 @@ static const char *find_cmdline(u64 boot_params, u64 start_info)
 	return addr ? (const char *)addr : "";
 }
 
-static bool word_is(const char *w, size_t n, const char *s)
+bool word_is(const char *w, size_t n, const char *s)
 {
 	return strlen(s) == n && memcmp(w, s, n) == 0;
 }
@@ -318,6 +319,8 @@ static void run_word(const char *w, size_t n)
 		fault_gp();
 	} else if (word_is(w, n, "fault=triple")) {
 		fault_triple();
+	} else if (run_ci_word(w, n)) {
+		/* handled in ci.c */
 	} else {
 		/* The VMM may add words of its own, like console=ttyS0. */
 		print("minimal: ignoring unknown argument '");

@@ -169,6 +169,17 @@ static bool all_zero(const u8 *p, size_t n)
 	return true;
 }
 
+/* 32-bit FNV-1a: offset basis 2166136261, prime 16777619. */
+static u32 fnv1a(const void *buf, size_t len)
+{
+	const u8 *p = buf;
+	u32 h = 2166136261u;
+
+	while (len--)
+		h = (h ^ *p++) * 16777619u;
+	return h;
+}
+
 int test_hypercalls(void)
 {
 	static const char msg[] = "Hello from console_write\n";
@@ -229,6 +240,13 @@ int test_hypercalls(void)
 
 	r = hc_call_nr(100);
 	check("hypercall-enosys", r == -ENOSYS, "returned ", r);
+
+	/* The worked example from docs/hypercalls.md: the host's FNV-1a of a
+	 * buffer must equal ours, and a bad buffer must give EFAULT. */
+	r = hc_checksum(msg, sizeof(msg) - 1);
+	check("hypercall-checksum", r == (long)fnv1a(msg, sizeof(msg) - 1), "returned 0x", r);
+	r = hc_checksum((const void *)0x7fff00000000ULL, 16);
+	check("hypercall-checksum-efault", r == -EFAULT, "returned ", r);
 
 	/* The page is a read-only memory slot: the VMM drops our write.  If it
 	 * did not, put the byte back before anyone calls slot 0 again. */

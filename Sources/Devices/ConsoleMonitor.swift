@@ -1,0 +1,141 @@
+import Lifecycle
+
+/// Watches the guest's console line by line and ends the run when a line decides it:
+/// a kernel panic, a `--fail-on` pattern, or the last of the `--expect` patterns (which must
+/// match in the order given). It also keeps the last Linux-style oops it saw (the `RIP:` line
+/// and the `Call Trace:` frames) so the frames can be resolved to source lines afterwards.
+///
+/// `feed` is called with the console's lock held, one byte at a time, from whichever thread
+/// produced the byte; a line is examined once, when its newline arrives.
+public final class ConsoleMonitor: @unchecked Sendable {
+    public struct Pattern: @unchecked Sendable {
+        public let text: String
+        let regex: Regex<AnyRegexOutput>
+    }
+
+    public struct PatternError: Error, CustomStringConvertible {
+        public let option: String
+        public let pattern: String
+        public let reason: String
+        public var description: String { "\(option)=\(pattern): not a valid regular expression: \(reason)" }
+    }
+
+    /// The last oops seen on the console, as printed.
+    public struct Oops: Sendable, Equatable {
+        public var ripLine: String?
+        public var frames: [String] = []
+    }
+
+    public static let panicMarker = "Kernel panic - not syncing"
+    static let maxLine = 4096
+
+    let expects: [Pattern]
+    let failOns: [Pattern]
+    let detectPanic: Bool
+    let stop: StopController
+    let timeline: Timeline?
+
+    private var line: [UInt8] = []
+    private var nextExpect = 0
+    private var collectingTrace = false
+    private var currentOops = Oops()
+    private var lastOops: Oops?
+
+    public init(expect: [String], failOn: [String], detectPanic: Bool, stop: StopController,
+                timeline: Timeline?) throws(PatternError) {
+        func compile(_ option: String, _ p: String) throws(PatternError) -> Pattern {
+            do { return Pattern(text: p, regex: try Regex(p)) } catch {
+                throw PatternError(option: option, pattern: p, reason: "\(error)")
+            }
+        }
+        var e: [Pattern] = [], f: [Pattern] = []
+        for p in expect { e.append(try compile("--expect", p)) }
+        for p in failOn { f.append(try compile("--fail-on", p)) }
+        expects = e
+        failOns = f
+        self.detectPanic = detectPanic
+        self.stop = stop
+        self.timeline = timeline
+        line.reserveCapacity(Self.maxLine)
+    }
+
+    @inline(__always)
+    func feed(_ byte: UInt8) {
+        if byte == UInt8(ascii: "\n") {
+            examine()
+            line.removeAll(keepingCapacity: true)
+        } else if line.count < Self.maxLine {
+            line.append(byte)
+        }
+    }
+
+    /// How many `--expect` patterns have matched so far, and the next one (if any).
+    public var expectProgress: (matched: Int, next: String?) {
+        (nextExpect, nextExpect < expects.count ? expects[nextExpect].text : nil)
+    }
+
+    public var hasExpectations: Bool { !expects.isEmpty }
+
+    /// The last complete oops (or the one being printed when the run ended).
+    public var oops: Oops? {
+        if currentOops.ripLine != nil || !currentOops.frames.isEmpty { return currentOops }
+        return lastOops
+    }
+
+    private func examine() {
+        if line.last == UInt8(ascii: "\r") { line.removeLast() }
+        let text = String(decoding: line, as: UTF8.self)
+        trackOops(text)
+        if detectPanic && text.contains(Self.panicMarker) {
+            stop.stop(.kernelPanic(line: text))
+            return
+        }
+        for p in failOns where text.contains(p.regex) {
+            stop.stop(.failOn(pattern: p.text, line: text))
+            return
+        }
+        if nextExpect < expects.count && text.contains(expects[nextExpect].regex) {
+            timeline?.markExpectMatch(expects[nextExpect].text)
+            nextExpect += 1
+            if nextExpect == expects.count {
+                stop.stop(.expectationsMet(lastPattern: expects[nextExpect - 1].text, line: text))
+            }
+        }
+    }
+
+    /// Linux prints `RIP: 0010:kernel_init+0x77/0x106`, then `Call Trace:` and one frame per
+    /// line (`  do_one_initcall+0x41/0x1e0`, possibly `? ` prefixed, between `<TASK>` lines),
+    /// each line perhaps behind a `[    1.234567] ` timestamp.
+    private func trackOops(_ raw: String) {
+        var text = Substring(raw)
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            text = text[text.index(after: close)...]
+        }
+        let trimmed = text.drop { $0 == " " || $0 == "\t" }
+        if trimmed.hasPrefix("RIP: ") {
+            if currentOops.ripLine != nil || !currentOops.frames.isEmpty { lastOops = currentOops }
+            currentOops = Oops(ripLine: String(trimmed), frames: [])
+            collectingTrace = false
+            return
+        }
+        if trimmed.hasPrefix("Call Trace:") {
+            collectingTrace = true
+            return
+        }
+        guard collectingTrace else { return }
+        if trimmed == "<TASK>" || trimmed == "<IRQ>" || trimmed == "</IRQ>" { return }
+        if trimmed == "</TASK>" || trimmed.hasPrefix("---[ end trace") || !Self.looksLikeFrame(trimmed) {
+            collectingTrace = false
+            return
+        }
+        currentOops.frames.append(String(trimmed))
+    }
+
+    /// `symbol+0xoff/0xsize`, optionally behind `? ` and followed by ` [module]`.
+    static func looksLikeFrame(_ s: Substring) -> Bool {
+        let body = s.hasPrefix("? ") ? s.dropFirst(2) : s
+        guard let plus = body.firstIndex(of: "+") else { return false }
+        let name = body[..<plus]
+        return !name.isEmpty && !name.contains(" ") && body[plus...].hasPrefix("+0x")
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import Testing
+
+/// One test per row of the exit-code contract (README, `--help`), each produced by the real
+/// guest on the real VMM, plus the console-driven decisions and the report.
+@Suite("Exit-code contract and CI features")
+struct ExitContractTests {
+    @Test("the guest's own status passes through (exit hypercall)")
+    func guestStatus() throws {
+        #expect(try bootMinimal(["exit=42"]).status == 42)
+    }
+
+    @Test("debug-exit: a write of V exits with (V << 1) | 1, on the default or a given port")
+    func debugExit() throws {
+        #expect(try bootMinimal(["debugexit=5"], options: ["--debug-exit"]).status == 11)
+        #expect(try bootMinimal(["debugexit=0"], options: ["--debug-exit=0xf4"]).status == 1)
+        // Without the option the port is unclaimed: the write is ignored and the guest goes on.
+        #expect(try bootMinimal(["debugexit=5", "exit=9"]).status == 9)
+        // Elsewhere than the guest writes: ignored too.
+        #expect(try bootMinimal(["debugexit=5", "exit=9"], options: ["--debug-exit=0x500"]).status == 9)
+    }
+
+    @Test("a kernel panic on the console ends the run at once with 72; the option turns it off")
+    func panic() throws {
+        let r = try bootMinimal(["panic"], options: ["--timeout=60s"])
+        #expect(r.status == 72, "\(r.stderr)")
+        #expect(r.stderr.contains("kernel panic: Kernel panic - not syncing: minimal guest panics on request"))
+        let off = try bootMinimal(["panic"], options: ["--no-panic-detection", "--timeout=1s"])
+        #expect(off.status == 124)
+    }
+
+    @Test("--timeout stops a spinning guest and a halted one with 124", arguments: ["hang=spin", "hang=hlt"])
+    func timeout(mode: String) throws {
+        let r = try bootMinimal(["say=before", mode], options: ["--timeout=1s"])
+        #expect(r.status == 124, "\(r.stderr)")
+        #expect(r.lines.contains("before"))
+        #expect(r.stderr.contains("timed out after 1s"))
+        #expect(r.stderr.contains("vCPU 0:"))           // registers of the stuck vCPU
+    }
+
+    @Test("--timeout with two vCPUs, one of them never started")
+    func timeoutSMP() throws {
+        let r = try bootMinimal(["hang=hlt"], options: ["--timeout=500ms", "--cpus=2"])
+        #expect(r.status == 124, "\(r.stderr)")
+    }
+
+    @Test("guest faults the VMM cannot continue from: triple fault and emulation failure give 71")
+    func guestFaults() throws {
+        let triple = try bootMinimal(["fault=triple"])
+        #expect(triple.status == 71)
+        let emul = try bootMinimal(["fault=emulation"])
+        #expect(emul.status == 71, "\(emul.stderr)")
+        #expect(emul.stderr.contains("instruction emulation failed (KVM_EXIT_INTERNAL_ERROR, suberror 1)"))
+        // popcnt (%rax) with a REX.W prefix: f3 48 0f b8 00
+        #expect(emul.stderr.contains("instruction bytes at RIP: f3 48 0f b8 00"), "\(emul.stderr)")
+    }
+
+    @Test("--expect: exit 0 as soon as all patterns matched in order, without waiting for the guest")
+    func expectInOrder() throws {
+        let r = try bootMinimal(["say=alpha", "say=beta", "say=gamma", "hang=spin"],
+                                options: ["--expect=al.ha", "--expect=^gamma$", "--timeout=30s"])
+        #expect(r.status == 0, "\(r.stderr)")
+        // Patterns match in order: gamma printed before alpha does not count; the guest hangs.
+        let wrongOrder = try bootMinimal(["say=gamma", "say=alpha", "hang=spin"],
+                                         options: ["--expect=alpha", "--expect=gamma", "--timeout=1s"])
+        #expect(wrongOrder.status == 124)
+    }
+
+    @Test("--expect unmet when the guest ends: 74, whatever the guest's status")
+    func expectUnmet() throws {
+        let r = try bootMinimal(["say=alpha", "exit=0"], options: ["--expect=alpha", "--expect=omega"])
+        #expect(r.status == 74)
+        #expect(r.stderr.contains("before --expect /omega/ matched"), "\(r.stderr)")
+    }
+
+    @Test("--fail-on: exit 73 as soon as it matches, even before pending --expect patterns")
+    func failOn() throws {
+        let r = try bootMinimal(["say=starting", "say=ERROR:_disk_gone", "say=ready", "exit=0"],
+                                options: ["--fail-on=ERROR:", "--expect=ready"])
+        #expect(r.status == 73, "\(r.stderr)")
+        #expect(!r.lines.contains("ready"))             // the VM stopped right away
+    }
+
+    @Test("bad patterns and durations are usage errors")
+    func badOptions() throws {
+        #expect(try bootMinimal(["hello"], options: ["--expect=("]).status == 64)
+        #expect(try bootMinimal(["hello"], options: ["--timeout=soon"]).status == 64)
+        #expect(try bootMinimal(["hello"], options: ["--debug-exit=0x10000"]).status == 64)
+        #expect(try bootMinimal(["hello"], options: ["--report=/nonexistent/dir/r.json"]).status == 64)
+    }
+
+    @Test("--console-log copies the console; --quiet keeps stdout clean")
+    func consoleLog() throws {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-console-\(getpid()).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        let r = try bootMinimal(["hello", "say=second"], options: ["--console-log=\(log.path)", "--quiet"])
+        #expect(r.status == 0)
+        #expect(r.stdout.isEmpty)
+        #expect(try String(contentsOf: log, encoding: .utf8) == "Hello from the minimal guest\nsecond\n")
+    }
+}
+
+/// The JSON report, checked against the fields docs/ci.md documents.
+@Suite("Run reports")
+struct RunReportTests {
+    func report(_ words: [String], options: [String]) throws -> (RunResult, [String: Any]) {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-report-\(UUID()).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let r = try bootMinimal(words, options: options + ["--report=\(file.path)"])
+        let data = try Data(contentsOf: file)
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        return (r, json)
+    }
+
+    /// The top-level fields, in the order docs/ci.md lists them.
+    static let documentedFields = ["swiftvmm", "report_version", "outcome", "exit_code", "reason", "guest_status",
+                                   "matched", "expect", "timings_ms", "config", "counts", "crash", "oops"]
+
+    @Test("docs/ci.md documents exactly the fields the report has")
+    func documented() throws {
+        let doc = try String(contentsOf: Repo.root.appendingPathComponent("docs/ci.md"), encoding: .utf8)
+        for field in Self.documentedFields { #expect(doc.contains("`\(field)`"), "docs/ci.md lacks \(field)") }
+        let (_, json) = try report(["exit=3"], options: [])
+        #expect(Set(json.keys) == Set(Self.documentedFields))
+    }
+
+    @Test("a guest exit: outcome, status, timings, config and counts")
+    func guestExit() throws {
+        let (r, json) = try report(["hello", "bootdone", "test=hypercalls"], options: ["--expect=Hello"])
+        #expect(r.status == 0)
+        #expect(json["outcome"] as? String == "expect-matched")
+        #expect(json["exit_code"] as? Int == 0)
+        let timings = try #require(json["timings_ms"] as? [String: Any])
+        let entry = try #require(timings["first_guest_entry"] as? Double)
+        let firstByte = try #require(timings["first_console_byte"] as? Double)
+        let end = try #require(timings["end"] as? Double)
+        #expect(entry > 0 && entry <= firstByte && firstByte <= end)
+        let expects = try #require(timings["expect"] as? [[String: Any]])
+        #expect(expects.first?["pattern"] as? String == "Hello")
+        let config = try #require(json["config"] as? [String: Any])
+        #expect(config["memory_bytes"] as? Int == 32 << 20)
+        #expect(config["command_line"] as? String == "hello bootdone test=hypercalls")
+        let counts = try #require(json["counts"] as? [String: Any])
+        let exits = try #require(counts["exits"] as? [String: Int])
+        #expect((exits["KVM_EXIT_IO"] ?? 0) > 10)
+        let devices = try #require(counts["devices"] as? [String: [String: Int]])
+        #expect((devices["serial0 (COM1)"]?["writes"] ?? 0) > 10)
+        #expect(json["crash"] is NSNull)
+    }
+
+    @Test("the boot-complete marker (123 to port 0x3f0) is reported with its time")
+    func bootMarker() throws {
+        let (_, json) = try report(["bootdone", "exit=0"], options: [])
+        let timings = try #require(json["timings_ms"] as? [String: Any])
+        #expect(timings["boot_complete"] is Double)
+        let (_, without) = try report(["exit=0"], options: [])
+        #expect((without["timings_ms"] as? [String: Any])?["boot_complete"] is NSNull)
+    }
+
+    @Test("hypercalls are counted by number; guest errors are counted")
+    func counts() throws {
+        let (_, json) = try report(["test=hypercalls"], options: [])
+        let counts = try #require(json["counts"] as? [String: Any])
+        let calls = try #require(counts["hypercalls"] as? [String: Int])
+        #expect(calls["0"] == 1)          // noop
+        #expect(calls["100"] == 1)        // unknown numbers are counted too
+        #expect(calls["6"] == 2)          // checksum, twice
+        #expect((counts["guest_errors"] as? Int ?? 0) >= 1)   // the write to the read-only page
+    }
+
+    @Test("a fault: the crash section has every vCPU's registers and a symbolized stack")
+    func crash() throws {
+        let (r, json) = try report(["fault=triple"], options: ["--cpus=2"])
+        #expect(r.status == 71)
+        #expect(json["outcome"] as? String == "guest-fault")
+        let crash = try #require(json["crash"] as? [String: Any])
+        #expect((crash["summary"] as? String ?? "").contains("triple fault"))
+        let vcpus = try #require(crash["vcpus"] as? [[String: Any]])
+        #expect(vcpus.count == 2)
+        let regs = try #require(vcpus.first?["regs"] as? [String: String])
+        #expect(regs["rip"]?.hasPrefix("0x") == true)
+        let sregs = try #require(vcpus.first?["sregs"] as? [String: Any])
+        #expect(sregs["efer"] as? String == "0x500")
+        let stack = try #require(vcpus.first?["stack"] as? [String])
+        #expect(stack.first?.hasPrefix("fault_triple+0x") == true, "\(stack)")
+        #expect(stack.contains { $0.hasPrefix("kmain+0x") }, "\(stack)")
+        #expect(r.stderr.contains("fault_triple+0x"))
+    }
+
+    @Test("an oops on the console is resolved to file:line through the guest's DWARF")
+    func oops() throws {
+        let (r, json) = try report(["oops", "exit=0"], options: [])
+        #expect(r.status == 0)
+        let oops = try #require(json["oops"] as? [String: Any])
+        let frames = try #require(oops["frames"] as? [[String: Any]])
+        #expect(frames.map { $0["symbol"] as? String } == ["oops_inner", "oops_middle", "oops_outer"])
+        let source = try String(contentsOf: Repo.root.appendingPathComponent("guests/minimal/ci.c"), encoding: .utf8)
+            .split(separator: "\n", omittingEmptySubsequences: false)
+        // Each frame must land on the line in ci.c that does what that frame was doing.
+        let expectations = ["print(\"BUG:", "oops_inner(", "oops_middle()"]
+        for (frame, text) in zip(frames, expectations) {
+            let file = try #require(frame["file"] as? String)
+            #expect(file.hasSuffix("guests/minimal/ci.c"))
+            let line = try #require(frame["line"] as? Int)
+            #expect(source[line - 1].contains(text), "line \(line): \(source[line - 1])")
+        }
+        #expect(r.stderr.contains("ci.c:"))
+    }
+}

@@ -1,0 +1,136 @@
+/*
+ * ci.c: modes that make the minimal guest end in each way swiftvmm's exit-code
+ * contract covers (README, "Exit status"), so the host tests can produce every
+ * row: debug-exit writes, the boot-complete marker, panics on the console,
+ * oopses with a call trace, hangs for the timeout, and an instruction KVM
+ * cannot emulate.
+ */
+#include "lib.h"
+#include "main.h"
+
+#define DEBUG_EXIT_PORT	0xf4
+#define BOOT_MARKER_PORT 0x3f0
+#define BOOT_MARKER	123
+
+/* "name=value" words: the value if w starts with prefix, else NULL. */
+static const char *value_of(const char *w, size_t n, const char *prefix, size_t *len)
+{
+	size_t p = strlen(prefix);
+
+	if (n < p || memcmp(w, prefix, p) != 0)
+		return NULL;
+	*len = n - p;
+	return w + p;
+}
+
+static long parse_dec(const char *s, size_t n)
+{
+	long v = 0;
+
+	if (n == 0 || n > 10)
+		return -1;
+	for (; n; n--, s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	return v;
+}
+
+/* Hang the way a stuck kernel does: spinning, or halted with interrupts off
+ * (which only a VMM that can kick a vCPU out of KVM_RUN survives). */
+static _Noreturn void hang(bool halt)
+{
+	for (;;) {
+		if (halt)
+			asm volatile("cli; hlt");
+		else
+			asm volatile("pause");
+	}
+}
+
+/*
+ * An oops in Linux's format, naming our own functions, so the host can
+ * resolve the frames to file:line through this ELF's DWARF.  Offsets are
+ * real (return addresses minus function starts); the sizes after the '/'
+ * are not known at run time and are printed as 0.
+ */
+static void print_frame(const char *prefix, const char *name, u64 fn, u64 pc)
+{
+	print(prefix);
+	print(name);
+	print("+0x");
+	print_hex(pc - fn);
+	print("/0x0\n");
+}
+
+void oops_inner(u64 middle_ra) __attribute__((noinline));
+void oops_middle(void) __attribute__((noinline));
+void oops_outer(void) __attribute__((noinline));
+
+void oops_inner(u64 middle_ra)
+{
+	u64 here;
+
+	asm volatile("lea 0(%%rip), %0" : "=r"(here));
+	print("BUG: minimal guest oops on request\n");
+	print_frame("RIP: 0010:", "oops_inner", (u64)oops_inner, here);
+	print("Call Trace:\n <TASK>\n");
+	print_frame(" ", "oops_middle", (u64)oops_middle, (u64)__builtin_return_address(0));
+	print_frame(" ", "oops_outer", (u64)oops_outer, middle_ra);
+	print(" </TASK>\n");
+}
+
+void oops_middle(void)
+{
+	oops_inner((u64)__builtin_return_address(0));
+	asm volatile("" ::: "memory");	/* keep the call a call, not a jump */
+}
+
+void oops_outer(void)
+{
+	oops_middle();
+	asm volatile("" ::: "memory");
+}
+
+/*
+ * popcnt with a memory operand in the PCI hole, where there is no RAM: the
+ * access is MMIO, so KVM must emulate the instruction, and its emulator has
+ * no popcnt.  The vCPU exits with an emulation failure on any KVM host.
+ */
+static void emulation_failure(void)
+{
+	u64 r;
+
+	asm volatile("popcnt (%1), %0" : "=r"(r) : "r"(0xd0000000ULL) : "memory");
+}
+
+bool run_ci_word(const char *w, size_t n)
+{
+	const char *v;
+	size_t len;
+	long x;
+
+	if ((v = value_of(w, n, "debugexit=", &len)) && (x = parse_dec(v, len)) >= 0) {
+		outl(DEBUG_EXIT_PORT, (u32)x);	/* returns only without the device */
+	} else if ((v = value_of(w, n, "say=", &len))) {
+		print_n(v, len);
+		print("\n");
+	} else if (word_is(w, n, "bootdone")) {
+		outb(BOOT_MARKER_PORT, BOOT_MARKER);
+	} else if (word_is(w, n, "panic")) {
+		print("Kernel panic - not syncing: minimal guest panics on request\n");
+		hang(false);
+	} else if (word_is(w, n, "oops")) {
+		oops_outer();
+	} else if (word_is(w, n, "hang=spin")) {
+		hang(false);
+	} else if (word_is(w, n, "hang=hlt")) {
+		hang(true);
+	} else if (word_is(w, n, "fault=emulation")) {
+		emulation_failure();
+	} else {
+		return false;
+	}
+	return true;
+}
