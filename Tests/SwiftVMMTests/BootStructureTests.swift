@@ -66,7 +66,7 @@ struct GuestELFTests {
         let expected: [String: UInt64] = [
             "hypercall_page": 0x2000, "hypercall_noop": 0x2000, "hypercall_console_write": 0x2020,
             "hypercall_exit": 0x2040, "hypercall_time_ns": 0x2060, "hypercall_random": 0x2080,
-            "hypercall_version": 0x20A0,
+            "hypercall_version": 0x20A0, "hypercall_checksum": 0x20C0,
         ]
         for (name, value) in expected {
             let found = symbols.first { $0.name == name }
