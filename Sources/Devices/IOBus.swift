@@ -46,7 +46,9 @@ public final class IOBus: @unchecked Sendable {
         let device: BusDevice
     }
 
-    private(set) var entries: ContiguousArray<Entry> = []
+    // Written only while the machine is assembled, before any vCPU runs; read without the
+    // runtime's exclusivity bookkeeping, which would otherwise cost more than the lookup.
+    @exclusivity(unchecked) private(set) var entries: ContiguousArray<Entry> = []
 
     /// Accesses nobody answered: reads return all-ones, writes are dropped.
     public let unclaimedReads = Atomic<UInt64>(0)

@@ -130,7 +130,7 @@ bool run_ci_word(const char *w, size_t n)
 	} else if (word_is(w, n, "fault=emulation")) {
 		emulation_failure();
 	} else {
-		return false;
+		return run_bench_word(w, n);
 	}
 	return true;
 }

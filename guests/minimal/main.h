@@ -5,4 +5,6 @@
 bool word_is(const char *w, size_t n, const char *s);
 /* ci.c: the exit-code contract modes; true if the word was one of them. */
 bool run_ci_word(const char *w, size_t n);
+/* bench.c: the benchmark modes (bench=...); true if the word was one of them. */
+bool run_bench_word(const char *w, size_t n);
 #endif
