@@ -40,21 +40,38 @@ public enum BusError: Error, CustomStringConvertible {
 public final class IOBus: @unchecked Sendable {
     public let name: String
 
+    @usableFromInline
     struct Entry {
-        let base: UInt64
-        let length: UInt64
-        let device: BusDevice
+        @usableFromInline let base: UInt64
+        @usableFromInline let length: UInt64
+        @usableFromInline let device: BusDevice
     }
 
     // Written only while the machine is assembled, before any vCPU runs; read without the
     // runtime's exclusivity bookkeeping, which would otherwise cost more than the lookup.
-    @exclusivity(unchecked) private(set) var entries: ContiguousArray<Entry> = []
+    @exclusivity(unchecked) @usableFromInline private(set) var entries: ContiguousArray<Entry> = []
 
-    /// Accesses nobody answered: reads return all-ones, writes are dropped.
-    public let unclaimedReads = Atomic<UInt64>(0)
-    public let unclaimedWrites = Atomic<UInt64>(0)
+    // Accesses nobody answers (reads return all-ones, writes are dropped) are counted by the
+    // vCPUs themselves, so no counter is shared on the hot path.
 
-    public init(name: String) { self.name = name }
+    /// For the port bus: which entry (index + 1, 0 for none) serves each of the 65536 ports,
+    /// so a port lookup is one load instead of a search. nil for address spaces too large
+    /// for a table (MMIO), which use the binary search.
+    @usableFromInline let portTable: UnsafeMutablePointer<UInt8>?
+    public static let portCount = 0x10000
+
+    /// `portSpace`: the 16-bit I/O port space (a direct lookup table) rather than MMIO.
+    public init(name: String, portSpace: Bool = false) {
+        self.name = name
+        if portSpace {
+            portTable = .allocate(capacity: Self.portCount)
+            portTable!.initialize(repeating: 0, count: Self.portCount)
+        } else {
+            portTable = nil
+        }
+    }
+
+    deinit { portTable?.deallocate() }
 
     public func register(_ device: BusDevice, at base: UInt64, length: UInt64) throws(BusError) {
         for e in entries where base < e.base + e.length && e.base < base + length {
@@ -62,11 +79,27 @@ public final class IOBus: @unchecked Sendable {
         }
         let i = entries.firstIndex { $0.base > base } ?? entries.endIndex
         entries.insert(Entry(base: base, length: length, device: device), at: i)
+        if let table = portTable {
+            precondition(entries.count < 255, "more port devices than the port table can index")
+            table.update(repeating: 0, count: Self.portCount)
+            for (index, e) in entries.enumerated() where e.base < UInt64(Self.portCount) {
+                let end = min(e.base + e.length, UInt64(Self.portCount))
+                for port in Int(e.base)..<Int(end) { table[port] = UInt8(index + 1) }
+            }
+        }
     }
 
     /// The device serving `address` and the offset into its range, or nil.
-    @inline(__always)
+    /// Inlinable so the vCPU loop in another module pays no call for it.
+    @inlinable @inline(__always)
     public func lookup(_ address: UInt64) -> (device: BusDevice, offset: UInt64)? {
+        if let table = portTable {
+            guard address < UInt64(Self.portCount) else { return nil }
+            let index = Int(table[Int(address)])
+            if index == 0 { return nil }
+            let e = entries[index - 1]
+            return (e.device, address - e.base)
+        }
         var lo = 0
         var hi = entries.count
         while lo < hi {

@@ -15,7 +15,7 @@ public final class GuestMachine: @unchecked Sendable {
     let host: KVMHost
     let vm: VirtualMachine
     let memory: GuestMemory
-    let ports = IOBus(name: "port I/O")
+    let ports = IOBus(name: "port I/O", portSpace: true)
     let mmio = IOBus(name: "MMIO")
     let console: Console
     let monitor: ConsoleMonitor
@@ -305,8 +305,8 @@ public final class GuestMachine: @unchecked Sendable {
                 s.deviceAccesses[d.device.name] = (d.device.reads.load(ordering: .relaxed), d.device.writes.load(ordering: .relaxed))
             }
         }
-        s.unclaimedPortAccesses = ports.unclaimedReads.load(ordering: .relaxed) + ports.unclaimedWrites.load(ordering: .relaxed)
-        s.unclaimedMMIOAccesses = mmio.unclaimedReads.load(ordering: .relaxed) + mmio.unclaimedWrites.load(ordering: .relaxed)
+        s.unclaimedPortAccesses = runners.reduce(0) { $0 + $1.unclaimedPortAccesses }
+        s.unclaimedMMIOAccesses = runners.reduce(0) { $0 + $1.unclaimedMMIOAccesses }
         return s
     }
 }

@@ -24,6 +24,14 @@ final class VCPURunner: @unchecked Sendable {
     let hypercalls: HypercallHandler
     let stop: StopController
     let trace: TraceOptions
+    // The trace switches as plain Bools, read once per exit without calls into Lifecycle.
+    let traceExits: Bool
+    let traceIO: Bool
+    let traceHypercalls: Bool
+    let traceGuestErrors: Bool
+    /// Copied from HypercallPage.port so the hot path does not go through another module's
+    /// lazily initialised global on every exit.
+    let hypercallPort: UInt16 = HypercallPage.port
     /// Set for the boot vCPU only: it records when the guest first runs.
     let timeline: Timeline?
 
@@ -33,6 +41,8 @@ final class VCPURunner: @unchecked Sendable {
     let hypercallCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: HypercallPage.stubCount + 1)
     /// Guest errors absorbed: unclaimed ports/MMIO, writes to read-only memory.
     var guestErrors: UInt64 = 0
+    var unclaimedPortAccesses: UInt64 = 0
+    var unclaimedMMIOAccesses: UInt64 = 0
 
     init(vcpu: VCPU, ports: IOBus, mmio: IOBus, memory: GuestMemory, hypercalls: HypercallHandler,
          stop: StopController, trace: TraceOptions, timeline: Timeline?) {
@@ -43,6 +53,10 @@ final class VCPURunner: @unchecked Sendable {
         self.hypercalls = hypercalls
         self.stop = stop
         self.trace = trace
+        traceExits = trace.contains(.exits)
+        traceIO = trace.contains(.io)
+        traceHypercalls = trace.contains(.hypercalls)
+        traceGuestErrors = trace.contains(.guestErrors)
         self.timeline = timeline
         exitCounts.initialize(repeating: 0, count: Self.exitReasonSlots)
         hypercallCounts.initialize(repeating: 0, count: HypercallPage.stubCount + 1)
@@ -67,18 +81,25 @@ final class VCPURunner: @unchecked Sendable {
         let fd = vcpu.fd
         let run = vcpu.run
         timeline?.markFirstGuestEntry()
-        while !stop.isStopping {
+        // The stop flag is looked at only when KVM_RUN is interrupted: whoever ends the run
+        // reports to the StopController, and the machine then kicks every vCPU out of
+        // KVM_RUN, so a vCPU never re-enters the guest for long after the end.
+        if stop.isStopping { return }
+        while true {
             if skvm_ioctl(fd, SKVM_RUN, 0) < 0 {
                 let e = skvm_errno()
                 // EINTR: kicked (stop) or a stray signal. EAGAIN: an application processor
                 // still waiting for its INIT/SIPI. Either way, look at the stop flag and retry.
-                if e == EINTR || e == EAGAIN { continue }
+                if e == EINTR || e == EAGAIN {
+                    if stop.isStopping { return }
+                    continue
+                }
                 stop.stop(.vmmError("KVM_RUN on vCPU \(vcpu.id) failed: \(errorString(e))"))
                 return
             }
             let reason = skvm_exit_reason(run)
             exitCounts[Int(min(reason, UInt32(Self.exitReasonSlots - 1)))] &+= 1
-            if trace.contains(.exits) { traceExit(reason, run) }
+            if traceExits { traceExit(reason, run) }
             switch reason {
             case SKVM_EXIT_IO:
                 if !handleIO(run, fd) { return }
@@ -102,7 +123,7 @@ final class VCPURunner: @unchecked Sendable {
         let count = Int(skvm_io_count(run))
         let data = UnsafeMutableRawPointer(skvm_io_data(run)!)
         let isWrite = skvm_io_direction(run) == SKVM_EXIT_IO_OUT
-        if port == HypercallPage.port && isWrite && size == 4 && count == 1 {
+        if port == hypercallPort && isWrite && size == 4 && count == 1 {
             return handleHypercall(number: UInt64(data.loadUnaligned(as: UInt32.self)), fd)
         }
         if let (device, offset) = ports.lookup(UInt64(port)) {
@@ -112,24 +133,20 @@ final class VCPURunner: @unchecked Sendable {
                     let value = loadLittleEndian(p, size)
                     device.writes.wrappingAdd(1, ordering: .relaxed)
                     device.write(offset: offset, size: size, value: value)
-                    if trace.contains(.io) { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
+                    if traceIO { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
                 } else {
                     device.reads.wrappingAdd(1, ordering: .relaxed)
                     let value = device.read(offset: offset, size: size)
                     storeLittleEndian(value, p, size)
-                    if trace.contains(.io) { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
+                    if traceIO { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
                 }
             }
         } else {
             // Nobody there: reads float high, writes vanish, as on a real ISA bus.
-            if isWrite {
-                ports.unclaimedWrites.wrappingAdd(1, ordering: .relaxed)
-            } else {
-                data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count)
-                ports.unclaimedReads.wrappingAdd(1, ordering: .relaxed)
-            }
+            if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count) }
+            unclaimedPortAccesses &+= 1
             guestErrors &+= 1
-            if trace.contains(.io) || trace.contains(.guestErrors) {
+            if traceIO || traceGuestErrors {
                 traceAccess(isWrite ? "out" : "in ", port: UInt64(port), size: size,
                             value: isWrite ? loadLittleEndian(data, size) : ~0, device: nil)
             }
@@ -149,9 +166,9 @@ final class VCPURunner: @unchecked Sendable {
         hypercallCounts[Int(min(number, UInt64(HypercallPage.stubCount)))] &+= 1
         let args = HypercallArguments(regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8)
         var started = timespec()
-        if trace.contains(.hypercalls) { clock_gettime(CLOCK_MONOTONIC, &started) }
+        if traceHypercalls { clock_gettime(CLOCK_MONOTONIC, &started) }
         let result = hypercalls.dispatch(number: number, args)
-        if trace.contains(.hypercalls) { traceHypercall(number, args, result, started) }
+        if traceHypercalls { traceHypercall(number, args, result, started) }
         switch result {
         case .resume(let value):
             regs.rax = value
@@ -181,24 +198,23 @@ final class VCPURunner: @unchecked Sendable {
                 device.reads.wrappingAdd(1, ordering: .relaxed)
                 storeLittleEndian(device.read(offset: offset, size: size), data, size)
             }
-            if trace.contains(.io) {
+            if traceIO {
                 traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
                             value: loadLittleEndian(data, size), device: device)
             }
             return
         }
         guestErrors &+= 1
+        unclaimedMMIOAccesses &+= 1
         if isWrite {
-            mmio.unclaimedWrites.wrappingAdd(1, ordering: .relaxed)
             // A write into a read-only slot (the hypercall page) lands here: dropped.
-            if trace.contains(.guestErrors) || trace.contains(.io) {
+            if traceIO || traceGuestErrors {
                 let what = memory.contains(address, count: UInt64(size)) ? "write to read-only guest memory" : "write to unclaimed MMIO"
                 Diagnostics.line("swiftvmm: vcpu\(vcpu.id): \(what) at \(Diagnostics.hex(address)) (\(size) bytes) ignored")
             }
         } else {
-            mmio.unclaimedReads.wrappingAdd(1, ordering: .relaxed)
             data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: min(size, 8))
-            if trace.contains(.guestErrors) || trace.contains(.io) {
+            if traceIO || traceGuestErrors {
                 Diagnostics.line("swiftvmm: vcpu\(vcpu.id): read from unclaimed MMIO at \(Diagnostics.hex(address)) (\(size) bytes)")
             }
         }
