@@ -207,3 +207,42 @@ struct RunReportTests {
         #expect(r.stderr.contains("ci.c:"))
     }
 }
+
+/// The trace switches: what each prints for a known sequence of guest actions.
+@Suite("Tracing")
+struct TraceTests {
+    @Test("--trace=io names the device behind each access, and unclaimed ones")
+    func io() throws {
+        let r = try bootMinimal(["say=x", "debugexit=3", "exit=0"], options: ["--trace=io"])
+        #expect(r.status == 0)
+        let lines = r.stderr.split(separator: "\n")
+        // The 'x' going out through THR, then the debug-exit write nobody claims (no --debug-exit).
+        #expect(lines.contains { $0.contains("out 0x03f8 size=1 value=0x78 -> serial0 (COM1)") }, "\(r.stderr)")
+        #expect(lines.contains { $0.contains("out 0x00f4 size=4 value=0x3 -> unclaimed") })
+        #expect(lines.contains { $0.contains("in  0x03fd size=1 value=0x60 -> serial0 (COM1)") })
+    }
+
+    @Test("--trace=exits shows every exit with its reason and port")
+    func exits() throws {
+        let r = try bootMinimal(["exit=0"], options: ["--trace=exits"])
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("vcpu0 exit KVM_EXIT_IO port=0x3f8 out size=1") || r.stderr.contains("vcpu0 exit KVM_EXIT_IO port=0xe0 out size=4"),
+                "\(r.stderr)")
+        #expect(r.stderr.contains("exit KVM_EXIT_IO port=0xe0 out size=4"))   // the exit hypercall
+    }
+
+    @Test("--trace=guest-errors reports a write to the read-only hypercall page")
+    func guestErrors() throws {
+        let r = try bootMinimal(["test=hypercalls"], options: ["--trace=guest-errors"])
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("write to read-only guest memory at 0x2000"), "\(r.stderr)")
+    }
+
+    @Test("without --trace, nothing is printed on stderr for a clean run")
+    func quietByDefault() throws {
+        let r = try bootMinimal(["test=hypercalls"])
+        #expect(r.status == 0)
+        #expect(r.stderr.isEmpty, "\(r.stderr)")
+    }
+}
+
