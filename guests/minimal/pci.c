@@ -94,45 +94,88 @@ int pci_devices(const struct pci_dev **list)
 }
 
 /*
- * Where to put BARs nobody assigned (or that firmware put above 4 GiB, e.g.
- * 64-bit BARs under some QEMU set-ups).  We start above the highest memory
- * BAR already assigned below 4 GiB, rounded up to 256 MiB so that a BAR we
- * cannot size without disturbing it is not overlapped, but at least at
- * 0xc0000000 (on q35, MMCONFIG ends there), and we stay below the IOAPIC.
+ * The size of a memory BAR, the classic way: write all ones, read back the
+ * mask of address bits the device decodes, put the old value back.  Memory
+ * decoding is off meanwhile, so the device never answers at a half-written
+ * address.  (64-bit BARs are assumed to be smaller than 4 GiB.)
+ */
+static u32 bar_size(u8 devfn, u8 reg, u32 old)
+{
+	u16 cmd = pci_read16(devfn, PCI_COMMAND);
+	u32 mask;
+
+	pci_write16(devfn, PCI_COMMAND, cmd & ~PCI_CMD_MEMORY);
+	pci_write32(devfn, reg, 0xffffffff);
+	mask = pci_read32(devfn, reg) & ~0xfu;
+	pci_write32(devfn, reg, old);
+	pci_write16(devfn, PCI_COMMAND, cmd);
+	return -mask;
+}
+
+/*
+ * Where to put BARs nobody assigned (or that firmware put above 4 GiB,
+ * e.g. 64-bit BARs under some QEMU set-ups): first fit in 0xc0000000 up to
+ * the IOAPIC at 0xfec00000 (on q35, MMCONFIG ends at 0xc0000000), around
+ * every memory BAR already assigned below 4 GiB.  Finding those costs a few
+ * hundred port exits, so it happens only when a BAR needs a home.
  */
 #define WINDOW_FLOOR	0xc0000000u
 #define WINDOW_LIMIT	0xfec00000u
 
-static u64 window_next;
+static struct { u32 base, size; } used[64];
+static int nr_used = -1;
 
-static u64 window_start(void)
+static void find_used_ranges(void)
 {
 	const struct pci_dev *devs;
 	int n = pci_devices(&devs);
-	u64 top = WINDOW_FLOOR;
 
+	nr_used = 0;
 	for (int i = 0; i < n; i++) {
 		for (int bar = 0; bar < 6; bar++) {
-			u32 lo = pci_read32(devs[i].devfn, PCI_BAR0 + 4 * bar);
-			u64 hi = 0;
+			u8 reg = PCI_BAR0 + 4 * bar;
+			u32 lo = pci_read32(devs[i].devfn, reg), hi = 0;
 
 			if (lo & 1)
 				continue;			/* I/O BAR */
 			if ((lo & 6) == 4)
 				hi = pci_read32(devs[i].devfn, PCI_BAR0 + 4 * ++bar);
-			if (!hi && (lo & ~0xfu) >= top && (lo & ~0xfu) < WINDOW_LIMIT)
-				top = ((u64)(lo & ~0xfu) + 0x10000000) & ~0xfffffffULL;
+			if (hi || !(lo & ~0xfu) || nr_used == (int)(sizeof(used) / sizeof(used[0])))
+				continue;
+			used[nr_used].base = lo & ~0xfu;
+			used[nr_used++].size = bar_size(devs[i].devfn, reg, lo);
 		}
 	}
-	return top;
+}
+
+/* A free, naturally aligned range of 'size' bytes in the window, or 0. */
+static u32 window_alloc(u32 size)
+{
+	u64 addr = WINDOW_FLOOR;
+
+	if (nr_used < 0)
+		find_used_ranges();
+	for (int i = 0; i < nr_used; i++) {
+		u64 end = (u64)used[i].base + used[i].size;
+
+		if (addr < end && used[i].base < addr + size) {
+			addr = (end + size - 1) & ~((u64)size - 1);
+			i = -1;				/* moved: check them all again */
+		}
+	}
+	if (addr + size > WINDOW_LIMIT || nr_used == (int)(sizeof(used) / sizeof(used[0])))
+		return 0;
+	used[nr_used].base = addr;
+	used[nr_used++].size = size;
+	return addr;
 }
 
 u64 pci_bar_address(u8 devfn, int bar)
 {
 	u8 reg = PCI_BAR0 + 4 * bar;
-	u32 lo, mask;
+	u32 lo, size;
 	bool is64;
-	u64 addr, size;
+	u64 addr;
 	u16 cmd;
 
 	if (bar < 0 || bar > 5)
@@ -147,24 +190,16 @@ u64 pci_bar_address(u8 devfn, int bar)
 	if (addr && addr < MAPPED_LIMIT)
 		return addr;
 
-	/* Size it the classic way (write all ones, read back the mask) with
-	 * memory decoding off, so the device never sees a half-moved BAR. */
-	cmd = pci_read16(devfn, PCI_COMMAND);
-	pci_write16(devfn, PCI_COMMAND, cmd & ~PCI_CMD_MEMORY);
-	pci_write32(devfn, reg, 0xffffffff);
-	mask = pci_read32(devfn, reg) & ~0xfu;
-	size = (u32)-mask;
-	if (!window_next)
-		window_next = window_start();
-	addr = (window_next + size - 1) & ~(size - 1);
-	if (!mask || addr + size > WINDOW_LIMIT) {
+	size = bar_size(devfn, reg, 0);
+	addr = size ? window_alloc(size) : 0;
+	if (!addr) {
 		print("pci: no room below 4 GiB for a BAR of size 0x");
 		print_hex(size);
 		print("\n");
-		addr = 0;
-	} else {
-		window_next = addr + size;
+		return 0;
 	}
+	cmd = pci_read16(devfn, PCI_COMMAND);
+	pci_write16(devfn, PCI_COMMAND, cmd & ~PCI_CMD_MEMORY);
 	pci_write32(devfn, reg, (u32)addr);
 	if (is64)
 		pci_write32(devfn, reg + 4, 0);

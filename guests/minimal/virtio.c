@@ -283,10 +283,9 @@ void virtio_driver_ok(struct virtio_dev *d)
  * Offering a chain: the head goes into the next avail ring slot, and only
  * then is avail.idx bumped, so the device never sees an index that covers
  * a slot not yet written.  x86 keeps stores in order; the compiler barrier
- * keeps gcc from reordering them.  The notification is a 16-bit write of
- * the queue number to this queue's notify address (no NOTIFICATION_DATA).
+ * keeps gcc from reordering them.
  */
-void virtq_push(struct virtq *vq, u16 head)
+static void offer(struct virtq *vq, u16 head)
 {
 	struct virtq_mem *m = vq->mem;
 
@@ -294,10 +293,22 @@ void virtq_push(struct virtq *vq, u16 head)
 	asm volatile("" : : : "memory");
 	m->avail.idx = ++vq->next_avail;
 	asm volatile("" : : : "memory");
+}
+
+/* The notification: a 16-bit write of the queue number to this queue's
+ * notify address (we do not negotiate NOTIFICATION_DATA). */
+void virtq_notify(struct virtq *vq)
+{
 	*vq->notify = vq->index;
 }
 
-void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
+void virtq_push(struct virtq *vq, u16 head)
+{
+	offer(vq, head);
+	virtq_notify(vq);
+}
+
+void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
 {
 	struct virtq_desc *desc = vq->mem->desc;
 
@@ -310,7 +321,13 @@ void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
 			    (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0);
 		dd->next = i + 1 < n ? first + i + 1 : 0;
 	}
-	virtq_push(vq, first);
+	offer(vq, first);
+}
+
+void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
+{
+	virtq_add(vq, first, bufs, n);
+	virtq_notify(vq);
 }
 
 bool virtq_poll(struct virtq *vq, u32 *id, u32 *len)

@@ -109,10 +109,13 @@ void virtio_driver_ok(struct virtio_dev *d);
 void virtio_reset(struct virtio_dev *d);
 u8 virtio_status(struct virtio_dev *d);
 
-/* Chain bufs[0..n) into descriptors first.., offer the chain, notify. */
+/* Chain bufs[0..n) into descriptors first.., offer the chain; submit
+ * also notifies the device. */
+void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
 void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
 /* Offer an already built chain starting at descriptor 'head', notify. */
 void virtq_push(struct virtq *vq, u16 head);
+void virtq_notify(struct virtq *vq);
 
 #define VQ_DONE		0
 #define VQ_NEEDS_RESET	1
@@ -120,9 +123,8 @@ void virtq_push(struct virtq *vq, u16 head);
 
 /*
  * Wait until the device returns a chain (VQ_DONE, with its head and used
- * length), sets DEVICE_NEEDS_RESET, or some seconds pass.  'want_irq': on
- * completion, also wait (boundedly) for the MSI-X interrupt, with interrupts
- * enabled only for an instant at a time.
+ * length), sets DEVICE_NEEDS_RESET, or some seconds pass.  Interrupts are
+ * let in for an instant each round, so an MSI-X interrupt is taken here.
  */
 int virtq_wait(struct virtio_dev *d, struct virtq *vq, u32 *id, u32 *len);
 /* Did a chain come back?  Non-blocking: true with id and len if so. */
