@@ -21,6 +21,7 @@ public final class GuestMachine: @unchecked Sendable {
     let serial: Serial16550
     let stop = StopController()
     let runners: [VCPURunner]
+    let devices: MachineDevices
 
     /// The signal that kicks vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR1
@@ -98,6 +99,9 @@ public final class GuestMachine: @unchecked Sendable {
             throw .setup(error.description)
         }
 
+        devices = try MachineDevices(config: config.virtio, vm: vm, memory: memory, ports: ports, mmio: mmio,
+                                     stop: stop, trace: config.trace)
+
         // vCPUs, each placed at the kernel's entry.
         let handler = HypercallHandler(memory: memory, console: console, stop: stop)
         var runners: [VCPURunner] = []
@@ -164,6 +168,8 @@ public final class GuestMachine: @unchecked Sendable {
         public var unclaimedPortAccesses: UInt64 = 0
         public var unclaimedMMIOAccesses: UInt64 = 0
         public var guestErrors: UInt64 = 0
+        /// One line per virtio device (requests, interrupts, guest errors).
+        public var deviceReports: [String] = []
     }
 
     /// End the run from outside (signals, timeouts). The first outcome reported wins.
@@ -172,6 +178,7 @@ public final class GuestMachine: @unchecked Sendable {
     /// Run the guest until something ends it; returns the outcome. Call once.
     public func run() -> (outcome: Outcome, statistics: Statistics) {
         _ = skvm_install_kick_handler(Self.kickSignal)
+        devices.start()
         var threads: [HostThread] = []
         for runner in runners {
             threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") { runner.run() })
@@ -190,6 +197,7 @@ public final class GuestMachine: @unchecked Sendable {
             thread.signal(Self.kickSignal)
         }
         for thread in threads { thread.join() }
+        devices.join()
         inputThread?.join()
         ConsoleInput.restoreTerminal()
         return (outcome, statistics())
@@ -206,6 +214,8 @@ public final class GuestMachine: @unchecked Sendable {
             }
             s.guestErrors += r.guestErrors
         }
+        s.guestErrors += devices.guestErrors
+        s.deviceReports = devices.report
         for bus in [ports, mmio] {
             for d in bus.devices {
                 s.deviceAccesses[d.device.name] = (d.device.reads.load(ordering: .relaxed), d.device.writes.load(ordering: .relaxed))

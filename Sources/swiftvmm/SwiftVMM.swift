@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Devices
 import Lifecycle
 import Machine
 import Memory
@@ -26,12 +27,16 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm 32m guests/minimal/build/minimal.elf hello
           swiftvmm 32m guests/minimal/build/minimal.elf exit=7; echo $?      # prints 7
           swiftvmm --trace=hypercalls 32m guests/minimal/build/minimal.elf test=hypercalls
+          swiftvmm 64m vmlinux --block=rootfs.ext4 --block=data.img,ro --tunnet=tap0 --rng root=/dev/vda
+
+        DEVICES: virtio 1.x over PCI (bus 0, MSI-X): --block disks are vda, vdb, ... in order, \
+        then the network device, then --rng. A missing or unreadable --block file exits with 66.
 
         EXIT STATUS:
           0–255  the guest's own status (exit hypercall); 0 also for a clean shutdown or reboot
           64     usage error: bad option, memory size, or command line too long
           65     the kernel image is malformed or does not fit in guest RAM
-          66     the kernel file is missing or unreadable
+          66     the kernel file or a --block image is missing or unreadable
           69     KVM is unavailable (/dev/kvm missing or lacking a required capability)
           70     swiftvmm itself failed (a host resource or KVM call refused)
           71     guest fault: triple fault, instruction KVM cannot emulate, internal error, failed entry
@@ -49,6 +54,19 @@ struct SwiftVMM: ParsableCommand {
         "Trace to stderr: exits, io, hypercalls, guest-errors, or all (comma-separated; repeatable).",
         valueName: "what"))
     var trace: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "A virtio-blk disk on a raw image file (repeatable: vda, vdb, ...); ',ro' makes it read-only.",
+        valueName: "file[,ro]"))
+    var block: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "A virtio-net device on host tap NAME (attached, or created if missing); MAC given or generated from NAME.",
+        valueName: "name[,mac=xx:xx:xx:xx:xx:xx]"))
+    var tunnet: String?
+
+    @Flag(help: "A virtio-rng entropy device fed from the host's getrandom().")
+    var rng = false
 
     @Flag(name: .shortAndLong, help: "Describe the machine at start and print counters at the end (stderr).")
     var verbose = false
@@ -73,6 +91,34 @@ struct SwiftVMM: ParsableCommand {
         for t in trace where TraceOptions(parsing: t) == nil {
             throw ValidationError("unknown --trace value '\(t)'; use exits, io, hypercalls, guest-errors, or all")
         }
+        _ = try virtioConfig()
+    }
+
+    /// `--block`, `--tunnet` and `--rng` as the machine's virtio configuration.
+    func virtioConfig() throws(ValidationError) -> VirtioConfig {
+        var v = VirtioConfig()
+        for spec in block {
+            var path = Substring(spec)
+            var readOnly = false
+            if path.hasSuffix(",ro") { path = path.dropLast(3); readOnly = true }
+            guard !path.isEmpty else { throw ValidationError("--block needs a file: --block=FILE or --block=FILE,ro") }
+            v.blocks.append(.init(path: String(path), readOnly: readOnly))
+        }
+        if block.count > 26 { throw ValidationError("at most 26 --block disks (vda to vdz)") }
+        if let tunnet {
+            let parts = tunnet.split(separator: ",", omittingEmptySubsequences: false)
+            var mac: [UInt8]? = nil
+            for part in parts.dropFirst() {
+                guard part.hasPrefix("mac="), let m = VirtioNet.parseMAC(String(part.dropFirst(4))) else {
+                    throw ValidationError("--tunnet=\(tunnet): expected NAME or NAME,mac=xx:xx:xx:xx:xx:xx (a unicast MAC)")
+                }
+                mac = m
+            }
+            guard let name = parts.first, !name.isEmpty else { throw ValidationError("--tunnet needs a tap name") }
+            v.network = .init(tap: String(name), mac: mac)
+        }
+        v.rng = rng
+        return v
     }
 
     var traceOptions: TraceOptions {
@@ -91,6 +137,7 @@ struct SwiftVMM: ParsableCommand {
         config.cpus = cpus
         config.trace = traceOptions
         config.verbose = verbose
+        config.virtio = (try? virtioConfig()) ?? VirtioConfig()
 
         // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
         // block them everywhere and take them on one thread with sigwait.
@@ -134,6 +181,7 @@ struct SwiftVMM: ParsableCommand {
             for (name, c) in stats.deviceAccesses.sorted(by: { $0.key < $1.key }) {
                 Diagnostics.line("swiftvmm: \(name): \(c.reads) reads, \(c.writes) writes")
             }
+            for line in stats.deviceReports { Diagnostics.line("swiftvmm: \(line)") }
             Diagnostics.line("swiftvmm: unclaimed accesses: \(stats.unclaimedPortAccesses) port, \(stats.unclaimedMMIOAccesses) MMIO")
         }
         Glibc.exit(outcome.exitCode)
