@@ -26,6 +26,18 @@ struct QEMUCrossCheckTests {
         #expect(try disk.holdsWritePattern(sector: 2) && disk.holdsWritePattern(sector: 3))
     }
 
+    @Test("test=blk on a device without MSI-X (vectors=0): the request completes with an INTx interrupt")
+    func blkINTx() throws {
+        let disk = try CrossCheckDisk(sectors: 64)
+        let r = try QEMURunner.boot(["test=blk"], devices: [
+            "-drive", "file=\(disk.path),if=none,id=d0,format=raw",
+            "-device", "virtio-blk-pci,drive=d0,disable-legacy=on,vectors=0",
+        ])
+        r.expectPasses(["blk-init", "blk-intx", "blk-read", "blk-read-last", "blk-write", "blk-readback"])
+        #expect(r.guestStatus == 0, "QEMU exit status \(r.status); stderr: \(r.stderr)")
+        #expect(try disk.sectorsNotHoldingPattern() == [2, 3])
+    }
+
     @Test("test=blk-ro: with read-only=on, reads work, the write fails with IOERR, the file is unchanged")
     func blkReadOnly() throws {
         let disk = try CrossCheckDisk(sectors: 2048)

@@ -73,6 +73,7 @@ _Noreturn void guest_exit(int status);
 void pic_setup(u8 master_mask);
 void lapic_virtual_wire(void);
 void pic_mask_all(void);
+void pic_set_slave_mask(u8 mask);
 u8 pic_read_irr(void);
 
 /* tests.c: both return the number of failed checks. */

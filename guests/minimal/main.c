@@ -58,6 +58,12 @@ void pic_mask_all(void)
 	outb(PIC1 + 1, 0xff);
 }
 
+/* Only for IRQs 8-15: the slave's mask (the master's IRQ 2 must be open). */
+void pic_set_slave_mask(u8 mask)
+{
+	outb(PIC2 + 1, mask);
+}
+
 /* OCW3 0x0a selects the interrupt request register for the next read. */
 u8 pic_read_irr(void)
 {
@@ -160,6 +166,8 @@ void trap(struct trap_frame *f)
 	if (f->vector >= IRQ_BASE) {
 		if (f->vector == IRQ_BASE + COM1_IRQ)
 			serial_irq();
+		else if (f->vector == virtio_intx_vector)
+			virtio_intx_irq();
 		if (f->vector >= IRQ_BASE + 8)
 			outb(PIC2, PIC_EOI);
 		outb(PIC1, PIC_EOI);
@@ -344,6 +352,8 @@ static void run_word(const char *w, size_t n)
 	} else if (word_is(w, n, "test=virtio-abuse")) {
 		tests_ran = true;
 		failures += test_virtio_abuse();
+	} else if (word_is(w, n, "msix=off")) {
+		virtio_msix_off = true;
 	} else if ((n > 3 && memcmp(w, "ip=", 3) == 0) || (n > 5 && memcmp(w, "peer=", 5) == 0)) {
 		;	/* test=net's addresses: it finds them itself */
 	} else if (word_is(w, n, "echo")) {

@@ -273,6 +273,52 @@ bool virtio_msix_enable(struct virtio_dev *d)
 	return true;
 }
 
+volatile unsigned virtio_intx_count;
+u8 virtio_intx_vector;
+static volatile u8 *intx_isr;
+
+/*
+ * Lines 1-15 only: those are the PIC's (a line of 0 or 0xff means "none",
+ * and higher ones would need the IOAPIC).  IRQ 8-15 sit on the slave PIC,
+ * which reaches the CPU through the master's IRQ 2.
+ */
+bool virtio_intx_enable(struct virtio_dev *d)
+{
+	u8 line = pci_read8(d->devfn, PCI_INTERRUPT_LINE);
+
+	if (line == 0 || line >= 16) {
+		print("virtio: interrupt line ");
+		print_dec(line);
+		print(" is not a PIC IRQ\n");
+		return false;
+	}
+	intx_isr = d->isr;
+	virtio_intx_vector = 0x20 + line;
+	if (line < 8) {
+		pic_setup((u8)~(1 << line));
+	} else {
+		pic_setup((u8)~(1 << 2));
+		pic_set_slave_mask((u8)~(1 << (line - 8)));
+	}
+	pci_write16(d->devfn, PCI_COMMAND, PCI_CMD_MEMORY | PCI_CMD_MASTER);
+	return true;
+}
+
+void virtio_intx_disable(struct virtio_dev *d)
+{
+	pci_write16(d->devfn, PCI_COMMAND, PCI_CMD_MEMORY | PCI_CMD_MASTER |
+		    PCI_CMD_INTX_DISABLE);
+	pic_mask_all();
+	pic_set_slave_mask(0xff);
+	virtio_intx_vector = 0;
+}
+
+void virtio_intx_irq(void)
+{
+	if (*intx_isr & 1)
+		virtio_intx_count++;
+}
+
 void virtio_driver_ok(struct virtio_dev *d)
 {
 	cc_write8(d, CC_STATUS, VIRTIO_ACKNOWLEDGE | VIRTIO_DRIVER |

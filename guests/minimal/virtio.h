@@ -87,6 +87,18 @@ struct vbuf {
 extern volatile unsigned virtio_msix_count;
 
 /*
+ * Legacy INTx, when MSI-X is off: the device's interrupt line (config
+ * register 0x3c, as the VMM or firmware set it) through the 8259 PIC, on
+ * vector 0x20 + line.  The handler reads the ISR byte, which also lowers
+ * the line, and counts queue interrupts (ISR bit 0).
+ */
+extern volatile unsigned virtio_intx_count;
+extern u8 virtio_intx_vector;		/* 0: no INTx handler */
+bool virtio_intx_enable(struct virtio_dev *d);
+void virtio_intx_disable(struct virtio_dev *d);
+void virtio_intx_irq(void);
+
+/*
  * The nth (from 0) virtio device of 'type' on bus 0: capabilities parsed,
  * BARs usable, memory space and bus mastering on, the device reset and its
  * feature bits read into d->offered.  False if there is no such device.
@@ -150,7 +162,8 @@ static inline u64 rdtsc(void)
 	return (u64)hi << 32 | lo;
 }
 
-/* virtio_tests.c */
+/* virtio_tests.c; msix=off makes test=blk use INTx */
+extern bool virtio_msix_off;
 int test_blk(void);
 int test_blk_ro(void);
 int test_rng(void);

@@ -3,6 +3,7 @@
  * Each check prints "PASS <name>" or "FAIL <name>: <why>" (see README.md
  * for the list and for the pattern the host puts on the disk).
  */
+#include "pci.h"
 #include "virtio.h"
 
 /* One check line, as in tests.c: a "why" ending in "0x" prints hex. */
@@ -126,23 +127,31 @@ static void check_status(const char *name, int st, int want)
 		check(name, st == want, "request status ", st);
 }
 
-/* The device up to DRIVER_OK with queue 0 (MSI-X entry 0 if msix). */
-static bool blk_start(u64 wanted, bool msix)
+/*
+ * The device up to DRIVER_OK with queue 0, interrupting through MSI-X table
+ * entry 0 (IRQ_MSIX), its INTx line (IRQ_INTX), or not at all.  Returns the
+ * interrupt it really got, or -1 on failure.
+ */
+enum { IRQ_NONE, IRQ_MSIX, IRQ_INTX };
+
+static int blk_start(u64 wanted, int irq)
 {
 	u16 vector = VIRTIO_NO_VECTOR;
 
 	if (!virtio_negotiate(&dev, wanted, 0))
-		return false;
-	if (msix) {
-		if (!virtio_msix_enable(&dev))
-			print("virtio: no usable MSI-X capability\n");
-		else
+		return -1;
+	if (irq == IRQ_MSIX) {
+		if (virtio_msix_enable(&dev))
 			vector = 0;
+		else
+			irq = IRQ_INTX;		/* no MSI-X capability: INTx it is */
 	}
+	if (irq == IRQ_INTX && !virtio_intx_enable(&dev))
+		irq = IRQ_NONE;
 	if (!virtq_setup(&dev, &vq, 0, &qmem[0], vector))
-		return false;
+		return -1;
 	virtio_driver_ok(&dev);
-	return true;
+	return irq;
 }
 
 static u64 blk_capacity(void)
@@ -162,19 +171,25 @@ static bool find_blk(bool ro)
 	return false;
 }
 
+/* msix=off on the command line: test=blk proves INTx instead of MSI-X. */
+bool virtio_msix_off;
+
 int test_blk(void)
 {
 	u64 cap;
 	long bad;
-	int st;
-	unsigned irqs;
+	int st, irq;
+	unsigned before;
+	volatile unsigned *count;
+	const char *irq_check;
 
 	failures = 0;
 	if (!find_blk(false)) {
 		print("FAIL blk: no writable virtio-blk device\n");
 		return 1;
 	}
-	if (!blk_start(VIRTIO_BLK_F_FLUSH, true)) {
+	irq = blk_start(VIRTIO_BLK_F_FLUSH, virtio_msix_off ? IRQ_INTX : IRQ_MSIX);
+	if (irq < 0) {
 		check("blk-init", false, "device status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
 		return failures;
@@ -185,18 +200,24 @@ int test_blk(void)
 	print_dec(cap);
 	print(" sectors\n");
 
-	/* Sectors 0-7 in one request, completed by an MSI-X interrupt. */
+	/* Sectors 0-7 in one request, completed with an interrupt. */
+	count = irq == IRQ_MSIX ? &virtio_msix_count : &virtio_intx_count;
+	irq_check = irq == IRQ_MSIX ? "blk-msix" : "blk-intx";
+	before = *count;
 	memset(blk_buf, 0, sizeof(blk_buf));
-	irqs = virtio_msix_count;
 	st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, 8 * SECTOR, true);
-	for (int i = 0; i < 100000 && virtio_msix_count == irqs; i++)
+	for (int i = 0; i < 100000 && *count == before; i++)
 		asm volatile("sti; nop; cli" : : : "memory");
 	if (st != VIRTIO_BLK_S_OK)
-		check_status("blk-msix", st, VIRTIO_BLK_S_OK);
+		check_status(irq_check, st, VIRTIO_BLK_S_OK);
+	else if (irq == IRQ_NONE)
+		check(irq_check, false, "neither MSI-X nor a usable INTx line, interrupt line ",
+		      pci_read8(dev.devfn, PCI_INTERRUPT_LINE));
 	else
-		check("blk-msix", virtio_msix_count != irqs,
-		      dev.msix_table ? "request done, but no interrupt on vector 0x" :
-		      "no MSI-X capability, vector 0x", VIRTIO_MSIX_VECTOR);
+		check(irq_check, *count != before, "request done, but no interrupt on vector 0x",
+		      irq == IRQ_MSIX ? VIRTIO_MSIX_VECTOR : virtio_intx_vector);
+	if (irq == IRQ_INTX)
+		virtio_intx_disable(&dev);
 	bad = differs(blk_buf, 0, 8, 0);
 	check("blk-read", st == VIRTIO_BLK_S_OK && bad < 0,
 	      "first wrong byte at offset ", bad);
@@ -250,7 +271,7 @@ int test_blk_ro(void)
 		      virtio_probe(&dev, VIRTIO_ID_BLK, 0) ? 1 : 0);
 		return failures;
 	}
-	if (!blk_start(VIRTIO_BLK_F_RO, false)) {
+	if (blk_start(VIRTIO_BLK_F_RO, IRQ_NONE) < 0) {
 		check("blk-ro-feature", false, "device status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
 		return failures;
@@ -344,7 +365,7 @@ static void abuse(enum abuse_case c)
 	u32 id, len;
 	int r;
 
-	if (!blk_start(0, false)) {
+	if (blk_start(0, IRQ_NONE) < 0) {
 		check(name, false, "device set-up failed, status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
 		return;
@@ -413,7 +434,7 @@ int test_virtio_abuse(void)
 	for (int c = OUTSIDE_RAM; c <= RO_STATUS; c++)
 		abuse(c);
 
-	if (!blk_start(0, false)) {
+	if (blk_start(0, IRQ_NONE) < 0) {
 		check("abuse-recovered", false, "device set-up failed, status 0x",
 		      virtio_status(&dev));
 	} else {
