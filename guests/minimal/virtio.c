@@ -19,6 +19,7 @@
 #define CC_MSIX		0x10	/* le16 config_msix_vector */
 #define CC_NUMQ		0x12	/* le16 num_queues */
 #define CC_STATUS	0x14	/* u8 device_status */
+#define CC_GENERATION	0x15	/* u8 config_generation */
 #define CC_Q_SELECT	0x16	/* le16 */
 #define CC_Q_SIZE	0x18	/* le16 */
 #define CC_Q_MSIX	0x1a	/* le16 */
@@ -271,6 +272,33 @@ bool virtio_msix_enable(struct virtio_dev *d)
 	pci_write16(d->devfn, d->msix_cap + 2, (ctrl | 0x8000) & ~0x4000);
 	cc_write16(d, CC_MSIX, VIRTIO_NO_VECTOR);
 	return true;
+}
+
+/*
+ * The spec fixes the access width: 32-bit (aligned) accesses for 32- and
+ * 64-bit fields, byte accesses for byte fields (like a MAC address).  So a
+ * 4-aligned read of a multiple of 4 bytes goes in dwords, anything else in
+ * bytes.
+ */
+void virtio_cfg_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n)
+{
+	bool dwords = !(off & 3) && !(n & 3);
+	u8 gen;
+
+	if (!d->config) {
+		print("virtio: no device configuration capability\n");
+		memset(buf, 0, n);
+		return;
+	}
+	do {
+		gen = d->common[CC_GENERATION];
+		for (unsigned i = 0; i < n; i += dwords ? 4 : 1) {
+			if (dwords)
+				*(u32 *)((u8 *)buf + i) = *(volatile u32 *)(d->config + off + i);
+			else
+				((u8 *)buf)[i] = d->config[off + i];
+		}
+	} while (d->common[CC_GENERATION] != gen);
 }
 
 volatile unsigned virtio_intx_count;

@@ -142,16 +142,13 @@ int virtq_wait(struct virtio_dev *d, struct virtq *vq, u32 *id, u32 *len);
 /* Did a chain come back?  Non-blocking: true with id and len if so. */
 bool virtq_poll(struct virtq *vq, u32 *id, u32 *len);
 
-/* Little-endian device configuration space reads. */
-static inline u8 virtio_cfg8(struct virtio_dev *d, unsigned off)
-{
-	return d->config[off];
-}
-
-static inline u32 virtio_cfg32(struct virtio_dev *d, unsigned off)
-{
-	return *(volatile u32 *)(d->config + off);
-}
+/*
+ * Copy n bytes of device configuration from offset off, as one consistent
+ * snapshot: the spec has the driver re-read when config_generation changed
+ * in between (the device may update a field wider than one access, like
+ * virtio-blk's 64-bit capacity, at any time).
+ */
+void virtio_cfg_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n);
 
 /* Timing for the waits: the TSC, which the emulator can run. */
 static inline u64 rdtsc(void)

@@ -278,8 +278,7 @@ int test_net(const char *cmdline)
 		virtio_reset(&dev);
 		return 1;
 	}
-	for (int i = 0; i < 6; i++)
-		my_mac[i] = virtio_cfg8(&dev, i);
+	virtio_cfg_read(&dev, 0, my_mac, 6);	/* virtio_net_config.mac */
 	print("PASS net-mac\nnet: mac ");
 	print_mac(my_mac);
 	print("\n");

@@ -154,9 +154,13 @@ static int blk_start(u64 wanted, int irq)
 	return irq;
 }
 
+/* struct virtio_blk_config starts with le64 capacity, in 512-byte sectors. */
 static u64 blk_capacity(void)
 {
-	return virtio_cfg32(&dev, 0) | (u64)virtio_cfg32(&dev, 4) << 32;
+	u64 cap = 0;
+
+	virtio_cfg_read(&dev, 0, &cap, sizeof(cap));
+	return cap;
 }
 
 /* The nth blk device with (ro) or without VIRTIO_BLK_F_RO; false if none. */
