@@ -210,7 +210,7 @@ int test_blk(void)
 	before = *count;
 	memset(blk_buf, 0, sizeof(blk_buf));
 	st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, 8 * SECTOR, true);
-	for (int i = 0; i < 100000 && *count == before; i++)
+	for (int i = 0; i < 100000 && irq != IRQ_NONE && *count == before; i++)
 		asm volatile("sti; nop; cli" : : : "memory");
 	if (st != VIRTIO_BLK_S_OK)
 		check_status(irq_check, st, VIRTIO_BLK_S_OK);
