@@ -18,6 +18,13 @@ struct RingBuilder {
         self.size = size
     }
 
+    /// Fresh, zeroed rings in existing memory (a driver setting its queue up again).
+    init(memory: GuestMemory, size: UInt16) throws {
+        self.memory = memory
+        self.size = size
+        try memory.fill(0, at: Self.desc, count: 0x3000)
+    }
+
     func queue(eventIndex: Bool = false) throws -> Virtqueue {
         let q = Virtqueue(index: 0, memory: memory)
         try q.activate(size: size, descriptors: Self.desc, driverArea: Self.avail, deviceArea: Self.used,
