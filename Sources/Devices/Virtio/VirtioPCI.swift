@@ -80,6 +80,9 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     /// Held while the device thread serves the queues, and by a vCPU that enables a queue or
     /// resets the device, so the rings never change under a request being served.
     let processing = Mutex<Void>(())
+    /// Whether the device model has been activated (DRIVER_OK seen and `activate` done).
+    /// Only touched with `processing` held.
+    private var modelActive = false
 
     public let interruptsSent = Atomic<UInt64>(0)
 
@@ -378,7 +381,10 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         guard startNow else { return {} }
         let features = r.driverFeatures
         return { [self] in
-            processing.withLock { _ in device.activate(features: features) }
+            processing.withLock { _ in
+                device.activate(features: features)
+                modelActive = true
+            }
             for fd in kickFDs { signalEventFD(fd) }        // serve anything posted before DRIVER_OK
         }
     }
@@ -399,6 +405,7 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         processing.withLock { _ in
             for q in queues { q.reset() }
             device.reset()
+            modelActive = false
             registers.withLock { r in
                 let msixEnabled = r.msix.enabled, masked = r.msix.functionMasked, intxDisabled = r.intxDisabled
                 setINTx(&r, false)
@@ -521,11 +528,12 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
             if r < 0 { if errno == EINTR { continue }; return }
             if fds[0].revents != 0 { return }
             processing.withLock { _ in
+                let serving = modelActive && isRunning
                 for q in 0..<kickFDs.count where fds[1 + q].revents != 0 {
                     drainEventFD(kickFDs[q])
-                    if isRunning && queues[q].isActive { device.processQueue(queues[q]) }
+                    if serving && queues[q].isActive { device.processQueue(queues[q]) }
                 }
-                if fds[hostSlot].revents != 0 && isRunning { device.handleHostEvent(fds[hostSlot].revents) }
+                if fds[hostSlot].revents != 0 && serving { device.handleHostEvent(fds[hostSlot].revents) }
             }
         }
     }
@@ -533,7 +541,7 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     /// Serve queue `index` now, on the calling thread (tests without KVM drive devices this way).
     public func processNow(_ index: Int) {
         processing.withLock { _ in
-            if isRunning && queues[index].isActive { device.processQueue(queues[index]) }
+            if modelActive && isRunning && queues[index].isActive { device.processQueue(queues[index]) }
         }
     }
 }
