@@ -243,13 +243,14 @@ struct VirtioDeviceTests {
         #expect(try Data(contentsOf: url) == before)
     }
 
-    @Test("a bad queue size set NEEDS_RESET at enable and serves nothing")
-    func badQueueSize() throws {
+    @Test("a queue size that is not a power of two, or above the device's maximum, sets NEEDS_RESET at enable",
+          arguments: [6, 512] as [UInt16])
+    func badQueueSize(size: UInt16) throws {
         let url = try makeImage(sectors: 16)
         defer { try? FileManager.default.removeItem(at: url) }
         let blk = try VirtioBlock(path: url.path, readOnly: false, index: 0, trace: [])
         let h = try VirtioHarness(blk)
-        h.start(features: VirtioDevice.featureVersion1, size: 6)
+        h.start(features: VirtioDevice.featureVersion1, size: size)
         #expect(h.status & VirtioPCI.statusNeedsReset != 0)
         #expect(!h.transport.queues[0].isActive)
     }

@@ -13,6 +13,12 @@ public struct MSIXTable: Sendable, Equatable {
         public var data: UInt32 = 0
         public var control: UInt32 = 1
         public var masked: Bool { control & 1 != 0 }
+        public init(addressLow: UInt32 = 0, addressHigh: UInt32 = 0, data: UInt32 = 0, control: UInt32 = 1) {
+            self.addressLow = addressLow
+            self.addressHigh = addressHigh
+            self.data = data
+            self.control = control
+        }
     }
     public static let entrySize = 16
     public private(set) var entries: [Entry]

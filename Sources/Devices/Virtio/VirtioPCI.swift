@@ -392,6 +392,8 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     private func enableQueue(_ q: Int, _ regs: QueueRegisters, eventIndex: Bool) {
         processing.withLock { _ in
             do throws(VirtqueueError) {
+                // The driver may shrink a queue, never grow it past what the device offers.
+                guard regs.size <= device.queueMaxSize else { throw .badQueueSize(regs.size) }
                 try queues[q].activate(size: regs.size, descriptors: regs.descriptors, driverArea: regs.driverArea,
                                        deviceArea: regs.deviceArea, eventIndex: eventIndex)
             } catch {
