@@ -224,4 +224,45 @@ struct KVMInterruptTests {
         transport.barWrite(0, offset: VirtioPCI.msixTableOffset + 12, size: 4, value: 0)
         #expect(transport.msixTable.entries[0] == MSIXTable.Entry(addressLow: 0xFEE0_0000, addressHigh: 0, data: 0x30, control: 0))
     }
+
+    @Test("interrupt delivery: INTx while MSI-X is off (lowered by reading ISR, suppressed by INTx disable); MSI-X pending bits while masked")
+    func interruptModes() throws {
+        let vm = try makeVM()
+        let memory = try GuestMemory(size: 4 << 20)
+        let bus = PCIBus()
+        let intx = SharedINTx(vm: vm)
+        let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, vm: vm, router: InterruptRouter(vm: vm),
+                                      intx: intx, intxGSI: 11, stopFD: -1)
+        try bus.add(transport)
+        let conf = Conf1(bus: bus)
+        transport.interruptQueue(0)
+        #expect(intx.isAsserted(11) && transport.isrStatus == 1)
+        #expect(transport.barRead(0, offset: VirtioPCI.isrOffset, size: 1) == 1)
+        #expect(!intx.isAsserted(11) && transport.isrStatus == 0)
+        // INTx disabled in the command register: ISR is set, the line stays low.
+        conf.write(slot: 1, 4, UInt32(PCIConfigSpace.commandINTxDisable), size: 2)
+        transport.interruptConfig()
+        #expect(!intx.isAsserted(11) && transport.isrStatus == 2)
+        _ = transport.barRead(0, offset: VirtioPCI.isrOffset, size: 1)
+        conf.write(slot: 1, 4, 0, size: 2)
+        // MSI-X on (message control at the capability + 2), vector 0 for queue 0, entry masked.
+        var cap = Int(transport.config.bytes[PCIConfigSpace.capabilitiesPointer])
+        while transport.config.bytes[cap] != 0x11 { cap = Int(transport.config.bytes[cap + 1]) }
+        conf.write(slot: 1, cap + 2, UInt32(MSIXTable.controlEnable), size: 2)
+        transport.barWrite(0, offset: VirtioPCI.commonOffset + 22, size: 2, value: 0)      // queue_select
+        transport.barWrite(0, offset: VirtioPCI.commonOffset + 26, size: 2, value: 0)      // queue_msix_vector
+        transport.barWrite(0, offset: VirtioPCI.msixTableOffset, size: 4, value: 0xFEE0_0000)
+        transport.barWrite(0, offset: VirtioPCI.msixTableOffset + 8, size: 4, value: 0x30)
+        transport.interruptQueue(0)
+        #expect(!intx.isAsserted(11))
+        #expect(transport.msixTable.pending[0])
+        #expect(transport.barRead(0, offset: VirtioPCI.msixPBAOffset, size: 8) == 1)
+        // Unmasking sends the held message and clears the pending bit.
+        transport.barWrite(0, offset: VirtioPCI.msixTableOffset + 12, size: 4, value: 0)
+        #expect(!transport.msixTable.pending[0])
+        // NO_VECTOR: nothing at all.
+        transport.barWrite(0, offset: VirtioPCI.commonOffset + 26, size: 2, value: 0xFFFF)
+        transport.interruptQueue(0)
+        #expect(!transport.msixTable.pending[0] && !intx.isAsserted(11))
+    }
 }

@@ -146,6 +146,9 @@ public final class SharedINTx: @unchecked Sendable {
     private let counts = Mutex<[UInt32: Int]>([:])
     public init(vm: VirtualMachine) { self.vm = vm }
 
+    /// Whether `gsi` is asserted now (for tests and reports).
+    public func isAsserted(_ gsi: UInt32) -> Bool { counts.withLock { $0[gsi, default: 0] > 0 } }
+
     public func change(_ gsi: UInt32, asserted: Bool) {
         counts.withLock { c in
             let before = c[gsi, default: 0]
