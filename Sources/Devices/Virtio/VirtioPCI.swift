@@ -505,6 +505,11 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         for v in fire { signalVector(v) }
     }
 
+    /// How the driver left interrupts: "MSI-X", "INTx", or "no interrupts" (INTx disabled).
+    public var interruptMode: String {
+        registers.withLock { r in r.msix.enabled ? "MSI-X" : r.intxDisabled ? "no interrupts" : "INTx" }
+    }
+
     /// For tests and reports.
     public var msixTable: MSIXTable { registers.withLock { $0.msix } }
     public var isrStatus: UInt8 { registers.withLock { $0.isr } }
@@ -523,9 +528,10 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         let hostSlot = fds.count
         fds.append(pollfd(fd: device.hostFD, events: 0, revents: 0))
         while true {
-            let running = isRunning
-            fds[hostSlot].events = running ? device.hostEvents : 0
-            fds[hostSlot].fd = fds[hostSlot].events != 0 ? device.hostFD : -1
+            // The device's wish to hear from its host fd is its state: ask under the lock.
+            let events = processing.withLock { _ in modelActive && isRunning ? device.hostEvents : 0 }
+            fds[hostSlot].events = events
+            fds[hostSlot].fd = events != 0 ? device.hostFD : -1
             let r = poll(&fds, nfds_t(fds.count), -1)
             if r < 0 { if errno == EINTR { continue }; return }
             if fds[0].revents != 0 { return }
