@@ -94,8 +94,9 @@ final class MachineDevices: @unchecked Sendable {
     var report: [String] {
         transports.map { t in
             let d = t.device
-            var line = "\(d.name) (\(t.interruptMode)): \(d.requests.load(ordering: .relaxed)) requests, "
-                + "\(t.interruptsSent.load(ordering: .relaxed)) interrupts, \(d.guestErrors.load(ordering: .relaxed)) guest errors"
+            var line = "\(d.name): \(d.requests.load(ordering: .relaxed)) requests, "
+                + "\(t.interruptsSent.load(ordering: .relaxed)) interrupts (\(t.msixMessages.load(ordering: .relaxed)) MSI-X, "
+                + "\(t.intxAssertions.load(ordering: .relaxed)) INTx), \(d.guestErrors.load(ordering: .relaxed)) guest errors"
             if let net = d as? VirtioNet {
                 line += ", frames \(net.framesReceived.load(ordering: .relaxed)) in / \(net.framesSent.load(ordering: .relaxed)) out / \(net.framesDropped.load(ordering: .relaxed)) dropped"
             }

@@ -84,7 +84,11 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     /// Only touched with `processing` held.
     private var modelActive = false
 
+    /// Interrupts the device raised, and how many went out as MSI-X messages / INTx assertions
+    /// (the rest were held back by a mask, NO_VECTOR, or INTx disable).
     public let interruptsSent = Atomic<UInt64>(0)
+    public let msixMessages = Atomic<UInt64>(0)
+    public let intxAssertions = Atomic<UInt64>(0)
 
     public enum SetupError: Error, CustomStringConvertible {
         case kvm(KVMError)
@@ -469,11 +473,15 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         if let send { signalVector(send) }
     }
 
-    private func signalVector(_ v: Int) { signalEventFD(vectorFDs[v]) }
+    private func signalVector(_ v: Int) {
+        msixMessages.wrappingAdd(1, ordering: .relaxed)
+        signalEventFD(vectorFDs[v])
+    }
 
     private func setINTx(_ r: inout Registers, _ level: Bool) {
         guard r.intxAsserted != level else { return }
         r.intxAsserted = level
+        if level { intxAssertions.wrappingAdd(1, ordering: .relaxed) }
         intx?.change(intxGSI, asserted: level)
     }
 
