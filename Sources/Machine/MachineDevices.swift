@@ -94,7 +94,11 @@ final class MachineDevices: @unchecked Sendable {
     var report: [String] {
         transports.map { t in
             let d = t.device
-            var line = "\(d.name): \(d.requests.load(ordering: .relaxed)) requests, "
+            let status = t.status
+            let driver = status & VirtioPCI.statusDriverOK != 0
+                ? "at exit driver ok (features 0x\(String(t.negotiatedFeatures, radix: 16)))" : "at exit reset"
+            var line = "\(d.name): \(driver)\(status & VirtioPCI.statusNeedsReset != 0 ? " (needs reset)" : ""), "
+                + "\(d.requests.load(ordering: .relaxed)) requests, "
                 + "\(t.interruptsSent.load(ordering: .relaxed)) interrupts (\(t.msixMessages.load(ordering: .relaxed)) MSI-X, "
                 + "\(t.intxAssertions.load(ordering: .relaxed)) INTx), \(d.guestErrors.load(ordering: .relaxed)) guest errors"
             if let net = d as? VirtioNet {
