@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "Lifecycle", "Devices", "CSystem"]),
         .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls"]),
         .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "Boot", "Memory", "Lifecycle",
+            "Machine", "Boot", "Memory", "Lifecycle", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [

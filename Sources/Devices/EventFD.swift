@@ -2,7 +2,7 @@ import Glibc
 internal import CSystem
 
 /// eventfd helpers: a counter in the kernel that one thread bumps and another polls.
-func makeEventFD() -> Int32 {
+public func makeEventFD() -> Int32 {
     let fd = sys_eventfd(0, SYS_EFD_CLOEXEC | SYS_EFD_NONBLOCK)
     precondition(fd >= 0, "eventfd: \(String(cString: strerror(errno)))")
     return fd
@@ -18,4 +18,4 @@ func drainEventFD(_ fd: Int32) {
     _ = read(fd, &value, 8)
 }
 
-func closeFD(_ fd: Int32) { close(fd) }
+public func closeFD(_ fd: Int32) { close(fd) }

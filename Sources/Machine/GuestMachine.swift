@@ -24,6 +24,7 @@ public final class GuestMachine: @unchecked Sendable {
     public let timeline: Timeline
     let runners: [VCPURunner]
     private let consoleLogFD: Int32?
+    let devices: MachineDevices
 
     /// The signal that kicks vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR1
@@ -121,6 +122,9 @@ public final class GuestMachine: @unchecked Sendable {
             throw .usage(error.description)
         }
 
+        devices = try MachineDevices(config: config.virtio, vm: vm, memory: memory, ports: ports, mmio: mmio,
+                                     stop: stop, trace: config.trace)
+
         // vCPUs, each placed at the kernel's entry.
         let handler = HypercallHandler(memory: memory, console: console, stop: stop)
         var runners: [VCPURunner] = []
@@ -188,6 +192,8 @@ public final class GuestMachine: @unchecked Sendable {
         public var unclaimedPortAccesses: UInt64 = 0
         public var unclaimedMMIOAccesses: UInt64 = 0
         public var guestErrors: UInt64 = 0
+        /// One line per virtio device (requests, interrupts, guest errors).
+        public var deviceReports: [String] = []
     }
 
     /// End the run from outside (signals, timeouts). The first outcome reported wins.
@@ -210,6 +216,7 @@ public final class GuestMachine: @unchecked Sendable {
     /// Run the guest until something ends it; returns the outcome. Call once.
     public func run() -> RunResult {
         _ = skvm_install_kick_handler(Self.kickSignal)
+        devices.start()
         var threads: [HostThread] = []
         for runner in runners {
             threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") { runner.run() })
@@ -241,6 +248,7 @@ public final class GuestMachine: @unchecked Sendable {
                 Diagnostics.line("swiftvmm: vCPU \(runner.vcpu.id) did not leave KVM_RUN within 2 s of being kicked; leaving it behind")
             }
         }
+        devices.join()
         inputThread?.join()
         ConsoleInput.restoreTerminal()
         timeline.markEnd()
@@ -300,6 +308,8 @@ public final class GuestMachine: @unchecked Sendable {
             }
             s.guestErrors += r.guestErrors
         }
+        s.guestErrors += devices.guestErrors
+        s.deviceReports = devices.report
         for bus in [ports, mmio] {
             for d in bus.devices {
                 s.deviceAccesses[d.device.name] = (d.device.reads.load(ordering: .relaxed), d.device.writes.load(ordering: .relaxed))

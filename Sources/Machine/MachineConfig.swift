@@ -11,6 +11,8 @@ public struct MachineConfig: Sendable {
     public var verbose = false
     /// Feed stdin to the serial port (off for tests that run many VMs in one process).
     public var consoleInput = true
+    /// Virtio devices on the PCI bus (see MachineDevices.swift).
+    public var virtio = VirtioConfig()
 
     // What ends a run, and what is kept of it (the CI side).
     /// Stop the VM and exit 124 after this many seconds.
@@ -48,16 +50,18 @@ public enum MachineError: Error, CustomStringConvertible {
     case boot(String, exitCode: Int32)
     case setup(String)
     case usage(String)
+    /// A device could not be set up from its option (e.g. a missing block image: 66).
+    case device(String, exitCode: Int32)
 
     public var description: String {
         switch self {
-        case .kvm(let m, _), .memory(let m), .boot(let m, _), .setup(let m), .usage(let m): return m
+        case .kvm(let m, _), .memory(let m), .boot(let m, _), .setup(let m), .usage(let m), .device(let m, _): return m
         }
     }
 
     public var exitCode: Int32 {
         switch self {
-        case .kvm(_, let code), .boot(_, let code): return code
+        case .kvm(_, let code), .boot(_, let code), .device(_, let code): return code
         case .memory, .usage: return ExitStatus.usage
         case .setup: return ExitStatus.vmmError
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Devices
 import Lifecycle
 import Machine
 import Memory
@@ -28,6 +29,10 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm --trace=hypercalls 32m guests/minimal/build/minimal.elf test=hypercalls
           swiftvmm --timeout=5m --expect='Run /init' --console-log=boot.log --report=boot.json \\
                    --quiet 128m vmlinux console=ttyS0
+          swiftvmm 64m vmlinux --block=rootfs.ext4 --block=data.img,ro --tunnet=tap0 --rng root=/dev/vda
+
+        DEVICES: virtio 1.x over PCI (bus 0, MSI-X): --block disks are vda, vdb, ... in order, \
+        then the network device, then --rng. A missing or unreadable --block file exits with 66.
 
         EXIT STATUS:
           0–255  the guest's own status (exit hypercall); 0 also for a clean shutdown or reboot,
@@ -35,7 +40,7 @@ struct SwiftVMM: ParsableCommand {
           (V<<1)|1  the guest wrote V to the --debug-exit port (QEMU's isa-debug-exit)
           64     usage error: bad option, memory size, pattern, or command line too long
           65     the kernel image is malformed or does not fit in guest RAM
-          66     the kernel file is missing or unreadable
+          66     the kernel file or a --block image is missing or unreadable
           69     KVM is unavailable (/dev/kvm missing or lacking a required capability)
           70     swiftvmm itself failed (a host resource or KVM call refused)
           71     guest fault: triple fault, instruction KVM cannot emulate, internal error, failed entry
@@ -57,6 +62,19 @@ struct SwiftVMM: ParsableCommand {
         "Trace to stderr: exits, io, hypercalls, guest-errors, or all (comma-separated; repeatable).",
         valueName: "what"))
     var trace: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "A virtio-blk disk on a raw image file (repeatable: vda, vdb, ...); ',ro' makes it read-only.",
+        valueName: "file[,ro]"))
+    var block: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "A virtio-net device on host tap NAME (attached, or created if missing); MAC given or generated from NAME.",
+        valueName: "name[,mac=xx:xx:xx:xx:xx:xx]"))
+    var tunnet: String?
+
+    @Flag(help: "A virtio-rng entropy device fed from the host's getrandom().")
+    var rng = false
 
     @Flag(name: .shortAndLong, help: "Describe the machine at start and print counters at the end (stderr).")
     var verbose = false
@@ -126,11 +144,39 @@ struct SwiftVMM: ParsableCommand {
         if let p = debugExit, Self.parsePort(p) == nil {
             throw ValidationError("--debug-exit=\(p) is not a port number (0-0xfffc)")
         }
+        _ = try virtioConfig()
     }
 
     static func parsePort(_ text: String) -> UInt16? {
         let v = text.lowercased().hasPrefix("0x") ? UInt16(text.dropFirst(2), radix: 16) : UInt16(text)
         guard let v, v <= 0xFFFC else { return nil }
+        return v
+    }
+
+    /// `--block`, `--tunnet` and `--rng` as the machine's virtio configuration.
+    func virtioConfig() throws(ValidationError) -> VirtioConfig {
+        var v = VirtioConfig()
+        for spec in block {
+            var path = Substring(spec)
+            var readOnly = false
+            if path.hasSuffix(",ro") { path = path.dropLast(3); readOnly = true }
+            guard !path.isEmpty else { throw ValidationError("--block needs a file: --block=FILE or --block=FILE,ro") }
+            v.blocks.append(.init(path: String(path), readOnly: readOnly))
+        }
+        if block.count > 26 { throw ValidationError("at most 26 --block disks (vda to vdz)") }
+        if let tunnet {
+            let parts = tunnet.split(separator: ",", omittingEmptySubsequences: false)
+            var mac: [UInt8]? = nil
+            for part in parts.dropFirst() {
+                guard part.hasPrefix("mac="), let m = VirtioNet.parseMAC(String(part.dropFirst(4))) else {
+                    throw ValidationError("--tunnet=\(tunnet): expected NAME or NAME,mac=xx:xx:xx:xx:xx:xx (a unicast MAC)")
+                }
+                mac = m
+            }
+            guard let name = parts.first, !name.isEmpty else { throw ValidationError("--tunnet needs a tap name") }
+            v.network = .init(tap: String(name), mac: mac)
+        }
+        v.rng = rng
         return v
     }
 
@@ -167,6 +213,7 @@ struct SwiftVMM: ParsableCommand {
             reportFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             if reportFD < 0 { fail("--report=\(path): \(String(cString: strerror(errno)))", code: ExitStatus.usage) }
         }
+        config.virtio = (try? virtioConfig()) ?? VirtioConfig()
 
         // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
         // block them everywhere and take them on one thread with sigwait.
@@ -228,6 +275,7 @@ struct SwiftVMM: ParsableCommand {
         for (name, c) in stats.deviceAccesses.sorted(by: { $0.key < $1.key }) {
             Diagnostics.line("swiftvmm: \(name): \(c.reads) reads, \(c.writes) writes")
         }
+        for line in stats.deviceReports { Diagnostics.line("swiftvmm: \(line)") }
         Diagnostics.line("swiftvmm: unclaimed accesses: \(stats.unclaimedPortAccesses) port, \(stats.unclaimedMMIOAccesses) MMIO")
     }
 }

@@ -46,11 +46,13 @@ struct RunResult {
 }
 
 /// Run swiftvmm with `arguments`, feeding `input` to stdin, and wait at most `timeout` seconds
-/// (a hang is a failure, not a stuck test run).
-func runVMM(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 60) throws -> RunResult {
+/// (a hang is a failure, not a stuck test run). `launcher` runs it through another command
+/// (e.g. `ip netns exec NS`).
+func runVMM(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 60, launcher: [String] = []) throws -> RunResult {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: Repo.swiftvmm)
-    process.arguments = arguments
+    let command = launcher + [Repo.swiftvmm] + arguments
+    process.executableURL = URL(fileURLWithPath: command[0])
+    process.arguments = Array(command.dropFirst())
     let out = Pipe(), err = Pipe(), inp = Pipe()
     process.standardOutput = out
     process.standardError = err

@@ -21,7 +21,7 @@
  */
 #define IMAGE_BASE	0x100000
 
-#define NR_VECTORS	48		/* 0-31 exceptions, 0x20-0x2f PIC IRQs */
+#define NR_VECTORS	49		/* 0-31 exceptions, 0x20-0x2f PIC IRQs, 0x30 MSI-X */
 #define STUB_SIZE	16
 
 /* Exceptions for which the CPU pushes an error code: 8, 10-14, 17, 21, 29, 30. */
@@ -217,7 +217,7 @@ gdt_desc:
 	.word	gdt_end - gdt - 1
 	.quad	gdt
 
-/* 64-bit interrupt gates (type 0xe, present, DPL 0) for vectors 0-47. */
+/* 64-bit interrupt gates (type 0xe, present, DPL 0) for vectors 0-48. */
 	.balign	16
 idt:
 	.set	vec, 0

@@ -28,6 +28,25 @@ static inline void outl(u16 port, u32 v)
 	asm volatile("outl %0, %1" : : "a"(v), "Nd"(port));
 }
 
+static inline void outw(u16 port, u16 v)
+{
+	asm volatile("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u16 inw(u16 port)
+{
+	u16 v;
+	asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline u32 inl(u16 port)
+{
+	u32 v;
+	asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
 static inline u8 inb(u16 port)
 {
 	u8 v;
@@ -52,7 +71,9 @@ void print_hex(u64 v);
 extern bool have_hypercalls;
 _Noreturn void guest_exit(int status);
 void pic_setup(u8 master_mask);
+void lapic_virtual_wire(void);
 void pic_mask_all(void);
+void pic_set_slave_mask(u8 mask);
 u8 pic_read_irr(void);
 
 /* tests.c: both return the number of failed checks. */

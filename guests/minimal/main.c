@@ -5,6 +5,7 @@
 #include "lib.h"
 #include "main.h"
 #include "serial.h"
+#include "virtio.h"
 
 bool have_hypercalls;
 
@@ -33,8 +34,6 @@ _Noreturn void guest_exit(int status)
 #define PIC_EOI		0x20
 #define IRQ_BASE	0x20
 
-static void lapic_virtual_wire(void);
-
 void pic_setup(u8 master_mask)
 {
 	static bool remapped;
@@ -58,6 +57,12 @@ void pic_setup(u8 master_mask)
 void pic_mask_all(void)
 {
 	outb(PIC1 + 1, 0xff);
+}
+
+/* Only for IRQs 8-15: the slave's mask (the master's IRQ 2 must be open). */
+void pic_set_slave_mask(u8 mask)
+{
+	outb(PIC2 + 1, mask);
 }
 
 /* OCW3 0x0a selects the interrupt request register for the next read. */
@@ -96,7 +101,7 @@ static void wrmsr(u32 msr, u64 v)
 	asm volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
 }
 
-static void lapic_virtual_wire(void)
+void lapic_virtual_wire(void)
 {
 	u64 base = rdmsr(MSR_APIC_BASE);
 	u64 mmio = base & 0xffffff000ULL;
@@ -110,6 +115,22 @@ static void lapic_virtual_wire(void)
 		*(volatile u32 *)(mmio + APIC_SVR) = SVR_VALUE;
 		*(volatile u32 *)(mmio + APIC_LVT0) = LVT_EXTINT;
 	}
+}
+
+/*
+ * End of interrupt for a vector the local APIC delivered (MSI-X): a write
+ * of 0 to the EOI register, at 0xfee000b0 or, in x2APIC mode, MSR 0x80b.
+ */
+#define APIC_EOI	0xb0
+
+static void lapic_eoi(void)
+{
+	u64 base = rdmsr(MSR_APIC_BASE);
+
+	if (base & APIC_X2APIC)
+		wrmsr(0x800 + (APIC_EOI >> 4), 0);
+	else
+		*(volatile u32 *)((base & 0xffffff000ULL) + APIC_EOI) = 0;
 }
 
 /* The stack as entry.S's isr_common leaves it for trap(). */
@@ -138,9 +159,16 @@ void trap(struct trap_frame *f)
 	static bool in_fault;
 	u64 cr2;
 
+	if (f->vector == VIRTIO_MSIX_VECTOR) {
+		virtio_msix_count++;
+		lapic_eoi();
+		return;
+	}
 	if (f->vector >= IRQ_BASE) {
 		if (f->vector == IRQ_BASE + COM1_IRQ)
 			serial_irq();
+		else if (f->vector == virtio_intx_vector)
+			virtio_intx_irq();
 		if (f->vector >= IRQ_BASE + 8)
 			outb(PIC2, PIC_EOI);
 		outb(PIC1, PIC_EOI);
@@ -293,6 +321,7 @@ static int parse_status(const char *s, size_t n)
 
 static bool tests_ran;
 static int failures;
+static const char *cmdline;
 
 static void run_word(const char *w, size_t n)
 {
@@ -309,6 +338,25 @@ static void run_word(const char *w, size_t n)
 	} else if (word_is(w, n, "test=hypercalls")) {
 		tests_ran = true;
 		failures += test_hypercalls();
+	} else if (word_is(w, n, "test=blk")) {
+		tests_ran = true;
+		failures += test_blk();
+	} else if (word_is(w, n, "test=blk-ro")) {
+		tests_ran = true;
+		failures += test_blk_ro();
+	} else if (word_is(w, n, "test=rng")) {
+		tests_ran = true;
+		failures += test_rng();
+	} else if (word_is(w, n, "test=net")) {
+		tests_ran = true;
+		failures += test_net(cmdline);
+	} else if (word_is(w, n, "test=virtio-abuse")) {
+		tests_ran = true;
+		failures += test_virtio_abuse();
+	} else if (word_is(w, n, "msix=off")) {
+		virtio_msix_off = true;
+	} else if ((n > 3 && memcmp(w, "ip=", 3) == 0) || (n > 5 && memcmp(w, "peer=", 5) == 0)) {
+		;	/* test=net's addresses: it finds them itself */
 	} else if (word_is(w, n, "echo")) {
 		cmd_echo();
 	} else if (word_is(w, n, "fault=ud")) {
@@ -336,7 +384,7 @@ void kmain(u64 boot_params, u64 start_info)
 	const char *p;
 
 	serial_init();
-	p = find_cmdline(boot_params, start_info);
+	p = cmdline = find_cmdline(boot_params, start_info);
 	have_hypercalls = memcmp((const void *)hypercall_info.magic, "SWIFTVMM", 8) == 0;
 
 	/* Words separated by spaces, run left to right. */

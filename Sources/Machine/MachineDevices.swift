@@ -1,0 +1,110 @@
+import Devices
+import KVM
+import Lifecycle
+import Memory
+
+/// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
+public struct VirtioConfig: Sendable {
+    public struct Block: Sendable, Equatable {
+        public var path: String
+        public var readOnly: Bool
+        public init(path: String, readOnly: Bool) { self.path = path; self.readOnly = readOnly }
+    }
+    public struct Network: Sendable, Equatable {
+        public var tap: String
+        /// nil: generated from the tap's name (locally administered, stable per name).
+        public var mac: [UInt8]?
+        public init(tap: String, mac: [UInt8]?) { self.tap = tap; self.mac = mac }
+    }
+    public var blocks: [Block] = []
+    public var network: Network?
+    public var rng = false
+    public init() {}
+}
+
+/// The PCI bus and the virtio devices on it, with their device threads.
+///
+/// PCI slot order is the order of the options' kinds: block devices first (vda, vdb, … in
+/// command-line order), then the network device, then the entropy device.
+final class MachineDevices: @unchecked Sendable {
+    /// INTx lines for PCI functions (used only while a guest has MSI-X off): ISA IRQs that
+    /// no legacy device of this machine uses, shared round-robin.
+    static let intxGSIs: [UInt32] = [10, 11, 5, 9]
+
+    let pci = PCIBus()
+    private(set) var transports: [VirtioPCI] = []
+    private var threads: [HostThread] = []
+
+    init(config: VirtioConfig, vm: VirtualMachine, memory: GuestMemory, ports: IOBus, mmio: IOBus,
+         stop: StopController, trace: TraceOptions) throws(MachineError) {
+        do {
+            try ports.register(pci.configPorts, at: PCIBus.configAddressPort, length: PCIBus.configPortCount)
+            try mmio.register(pci.window, at: PCIBus.mmioWindow.lowerBound,
+                              length: UInt64(PCIBus.mmioWindow.count))
+        } catch {
+            throw .setup(error.description)
+        }
+        var models: [VirtioDevice] = []
+        for (i, block) in config.blocks.enumerated() {
+            do {
+                models.append(try VirtioBlock(path: block.path, readOnly: block.readOnly, index: i, trace: trace))
+            } catch {
+                throw .device(error.description, exitCode: ExitStatus.unreadableFile)
+            }
+        }
+        if let net = config.network {
+            do {
+                models.append(try VirtioNet(tapName: net.tap, mac: net.mac, trace: trace))
+            } catch {
+                throw .device(error.description, exitCode: ExitStatus.vmmError)
+            }
+        }
+        if config.rng { models.append(VirtioRNG(trace: trace)) }
+        guard !models.isEmpty else { return }
+
+        let router = InterruptRouter(vm: vm)
+        let intx = SharedINTx(vm: vm)
+        for (i, model) in models.enumerated() {
+            do {
+                let transport = try VirtioPCI(device: model, memory: memory, vm: vm, router: router, intx: intx,
+                                              intxGSI: Self.intxGSIs[i % Self.intxGSIs.count], stopFD: stop.pollFD)
+                try pci.add(transport)
+                transports.append(transport)
+            } catch {
+                throw .setup("\(model.name): \(error)")
+            }
+        }
+    }
+
+    /// Start one thread per device; they end when the run stops.
+    func start() {
+        threads = transports.map { $0.start() }
+    }
+
+    func join() {
+        for t in threads { t.join() }
+        threads = []
+    }
+
+    var guestErrors: UInt64 {
+        transports.reduce(0) { $0 + $1.device.guestErrors.load(ordering: .relaxed) }
+    }
+
+    /// One line per device for `--verbose`.
+    var report: [String] {
+        transports.map { t in
+            let d = t.device
+            let status = t.status
+            let driver = status & VirtioPCI.statusDriverOK != 0
+                ? "at exit driver ok (features 0x\(String(t.negotiatedFeatures, radix: 16)))" : "at exit reset"
+            var line = "\(d.name): \(driver)\(status & VirtioPCI.statusNeedsReset != 0 ? " (needs reset)" : ""), "
+                + "\(d.requests.load(ordering: .relaxed)) requests, "
+                + "\(t.interruptsSent.load(ordering: .relaxed)) interrupts (\(t.msixMessages.load(ordering: .relaxed)) MSI-X, "
+                + "\(t.intxAssertions.load(ordering: .relaxed)) INTx), \(d.guestErrors.load(ordering: .relaxed)) guest errors"
+            if let net = d as? VirtioNet {
+                line += ", frames \(net.framesReceived.load(ordering: .relaxed)) in / \(net.framesSent.load(ordering: .relaxed)) out / \(net.framesDropped.load(ordering: .relaxed)) dropped"
+            }
+            return line
+        }
+    }
+}

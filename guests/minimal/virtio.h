@@ -1,0 +1,170 @@
+/*
+ * virtio.h: a virtio 1.x PCI transport and split virtqueues, as small as the
+ * spec allows.  One request at a time per queue (the receive queue of
+ * virtio-net excepted), descriptors in .bss, completion by polling the used
+ * ring or by an MSI-X interrupt.
+ */
+#ifndef MINIMAL_VIRTIO_H
+#define MINIMAL_VIRTIO_H
+
+#include "lib.h"
+
+#define VIRTIO_ID_NET		1
+#define VIRTIO_ID_BLK		2
+#define VIRTIO_ID_RNG		4
+
+/* device_status bits */
+#define VIRTIO_ACKNOWLEDGE	1
+#define VIRTIO_DRIVER		2
+#define VIRTIO_DRIVER_OK	4
+#define VIRTIO_FEATURES_OK	8
+#define VIRTIO_NEEDS_RESET	0x40
+#define VIRTIO_FAILED		0x80
+
+#define VIRTIO_F_VERSION_1	(1ULL << 32)
+
+/* A split virtqueue descriptor; flags: */
+#define VIRTQ_DESC_F_NEXT	1
+#define VIRTQ_DESC_F_WRITE	2	/* device writes (otherwise reads) */
+
+struct virtq_desc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+};
+
+/* We never offer more than this many entries per queue. */
+#define VIRTQ_MAX	16
+
+/*
+ * The three parts of a split virtqueue, each aligned beyond what the spec
+ * asks (16 for the table, 2 for the driver area, 4 for the device area).
+ * The device writes only the used ring.
+ */
+struct virtq_mem {
+	struct virtq_desc desc[VIRTQ_MAX];
+	struct {
+		u16 flags, idx, ring[VIRTQ_MAX], used_event;
+	} avail __attribute__((aligned(64)));
+	struct {
+		u16 flags;
+		volatile u16 idx;
+		struct { u32 id, len; } ring[VIRTQ_MAX];
+		u16 avail_event;
+	} used __attribute__((aligned(64)));
+} __attribute__((aligned(4096)));
+
+struct virtq {
+	u16 index, size;		/* queue number; entries in use */
+	u16 next_avail, last_used;	/* our copies of avail.idx and used.idx */
+	struct virtq_mem *mem;
+	volatile u16 *notify;
+};
+
+struct virtio_dev {
+	u8 devfn;
+	u16 type;
+	volatile u8 *common, *isr, *config;
+	volatile u8 *notify_base;
+	u32 notify_mult;
+	u8 msix_cap;			/* 0: no MSI-X capability */
+	volatile u32 *msix_table;
+	u64 offered, features;
+};
+
+/* A buffer for a request: guest-physical address, length, device-writable? */
+struct vbuf {
+	u64 addr;
+	u32 len;
+	bool write;
+};
+
+#define VIRTIO_NO_VECTOR	0xffff
+#define VIRTIO_MSIX_VECTOR	0x30	/* IDT vector of MSI-X table entry 0 */
+
+/* Incremented by the vector 0x30 handler. */
+extern volatile unsigned virtio_msix_count;
+
+/*
+ * Legacy INTx, when MSI-X is off: the device's interrupt line (config
+ * register 0x3c, as the VMM or firmware set it) through the 8259 PIC, on
+ * vector 0x20 + line.  The handler reads the ISR byte, which also lowers
+ * the line, and counts queue interrupts (ISR bit 0).
+ */
+extern volatile unsigned virtio_intx_count;
+extern u8 virtio_intx_vector;		/* 0: no INTx handler */
+bool virtio_intx_enable(struct virtio_dev *d);
+void virtio_intx_disable(struct virtio_dev *d);
+void virtio_intx_irq(void);
+
+/*
+ * The nth (from 0) virtio device of 'type' on bus 0: capabilities parsed,
+ * BARs usable, memory space and bus mastering on, the device reset and its
+ * feature bits read into d->offered.  False if there is no such device.
+ */
+bool virtio_probe(struct virtio_dev *d, u16 type, int nth);
+
+/* Reset, ACKNOWLEDGE, DRIVER, features (VERSION_1 | (offered & wanted)),
+ * FEATURES_OK.  'required' bits missing: prints why, returns false. */
+bool virtio_negotiate(struct virtio_dev *d, u64 wanted, u64 required);
+
+/* Queue 'index' on 'mem', at most VIRTQ_MAX entries; MSI-X table entry
+ * 'vector' or VIRTIO_NO_VECTOR.  False (and a message) if it cannot. */
+bool virtq_setup(struct virtio_dev *d, struct virtq *vq, u16 index,
+		 struct virtq_mem *mem, u16 vector);
+
+/* Program MSI-X table entry 0 for VIRTIO_MSIX_VECTOR and enable MSI-X. */
+bool virtio_msix_enable(struct virtio_dev *d);
+
+void virtio_driver_ok(struct virtio_dev *d);
+void virtio_reset(struct virtio_dev *d);
+u8 virtio_status(struct virtio_dev *d);
+
+/* Chain bufs[0..n) into descriptors first.., offer the chain; submit
+ * also notifies the device. */
+void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
+void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
+/* Offer an already built chain starting at descriptor 'head', notify. */
+void virtq_push(struct virtq *vq, u16 head);
+void virtq_notify(struct virtq *vq);
+
+#define VQ_DONE		0
+#define VQ_NEEDS_RESET	1
+#define VQ_TIMEOUT	(-1)
+
+/*
+ * Wait until the device returns a chain (VQ_DONE, with its head and used
+ * length), sets DEVICE_NEEDS_RESET, or some seconds pass.  Interrupts are
+ * let in for an instant each round, so an MSI-X interrupt is taken here.
+ */
+int virtq_wait(struct virtio_dev *d, struct virtq *vq, u32 *id, u32 *len);
+/* Did a chain come back?  Non-blocking: true with id and len if so. */
+bool virtq_poll(struct virtq *vq, u32 *id, u32 *len);
+
+/*
+ * Copy n bytes of device configuration from offset off, as one consistent
+ * snapshot: the spec has the driver re-read when config_generation changed
+ * in between (the device may update a field wider than one access, like
+ * virtio-blk's 64-bit capacity, at any time).
+ */
+void virtio_cfg_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n);
+
+/* Timing for the waits: the TSC, which the emulator can run. */
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return (u64)hi << 32 | lo;
+}
+
+/* virtio_tests.c; msix=off makes test=blk use INTx */
+extern bool virtio_msix_off;
+int test_blk(void);
+int test_blk_ro(void);
+int test_rng(void);
+int test_net(const char *cmdline);
+int test_virtio_abuse(void);
+
+#endif

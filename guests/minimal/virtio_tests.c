@@ -1,0 +1,456 @@
+/*
+ * virtio_tests.c: test=blk, test=blk-ro, test=rng and test=virtio-abuse.
+ * Each check prints "PASS <name>" or "FAIL <name>: <why>" (see README.md
+ * for the list and for the pattern the host puts on the disk).
+ */
+#include "pci.h"
+#include "virtio.h"
+
+/* One check line, as in tests.c: a "why" ending in "0x" prints hex. */
+static int failures;
+
+static void check(const char *name, bool ok, const char *why, long value)
+{
+	size_t n = strlen(why);
+
+	print(ok ? "PASS " : "FAIL ");
+	print(name);
+	if (!ok) {
+		print(": ");
+		print(why);
+		if (n >= 2 && why[n - 2] == '0' && why[n - 1] == 'x')
+			print_hex(value);
+		else
+			print_dec(value);
+		failures++;
+	}
+	print("\n");
+}
+
+/* Queue memory and request buffers, shared by the tests (one at a time). */
+static struct virtq_mem qmem[2];
+static struct virtq vq;
+static struct virtio_dev dev;
+
+#define VIRTIO_BLK_F_RO		(1ULL << 5)
+#define VIRTIO_BLK_F_FLUSH	(1ULL << 9)
+
+#define VIRTIO_BLK_T_IN		0
+#define VIRTIO_BLK_T_OUT	1
+#define VIRTIO_BLK_T_FLUSH	4
+#define VIRTIO_BLK_T_GET_ID	8
+
+#define VIRTIO_BLK_S_OK		0
+#define VIRTIO_BLK_S_IOERR	1
+#define VIRTIO_BLK_S_UNSUPP	2
+
+/* Our own codes for a request that never completed. */
+#define BLK_NEEDS_RESET		(-1)
+#define BLK_TIMEOUT		(-2)
+
+#define SECTOR	512
+
+static struct {
+	u32 type, reserved;
+	u64 sector;
+} blk_hdr;
+static volatile u8 blk_status;
+static u8 blk_buf[8 * SECTOR] __attribute__((aligned(4096)));
+
+/* P(s, i) of README.md; the write pattern is its complement. */
+static inline u8 pattern(u64 s, unsigned i)
+{
+	return (u8)(i + 31 * s + (s >> 8));
+}
+
+static void fill(u8 *buf, u64 first, unsigned n, u8 flip)
+{
+	for (unsigned s = 0; s < n; s++)
+		for (unsigned i = 0; i < SECTOR; i++)
+			*buf++ = pattern(first + s, i) ^ flip;
+}
+
+/* -1 if buf holds sectors first..first+n-1 of the pattern, else the byte
+ * offset of the first difference. */
+static long differs(const u8 *buf, u64 first, unsigned n, u8 flip)
+{
+	for (unsigned s = 0; s < n; s++)
+		for (unsigned i = 0; i < SECTOR; i++, buf++)
+			if (*buf != (u8)(pattern(first + s, i) ^ flip))
+				return s * SECTOR + i;
+	return -1;
+}
+
+static const char *outcome_name(int r)
+{
+	return r == VQ_NEEDS_RESET ? "device set DEVICE_NEEDS_RESET" :
+	       "no answer within the deadline";
+}
+
+/*
+ * One virtio-blk request: header (device-readable), 'len' bytes of data
+ * at 'buf' (split over two descriptors if 'split'), status byte
+ * (device-writable).  Returns the status byte, or BLK_NEEDS_RESET or
+ * BLK_TIMEOUT.
+ */
+static int blk_request(u32 type, u64 sector, void *buf, u32 len, bool split)
+{
+	struct vbuf b[4];
+	int n = 0, r;
+	u32 id, used;
+	bool in = type == VIRTIO_BLK_T_IN || type == VIRTIO_BLK_T_GET_ID;
+
+	blk_hdr.type = type;
+	blk_hdr.reserved = 0;
+	blk_hdr.sector = sector;
+	blk_status = 0xff;
+	b[n++] = (struct vbuf){ (u64)&blk_hdr, sizeof(blk_hdr), false };
+	if (len && split) {
+		b[n++] = (struct vbuf){ (u64)buf, len / 2, in };
+		b[n++] = (struct vbuf){ (u64)buf + len / 2, len - len / 2, in };
+	} else if (len) {
+		b[n++] = (struct vbuf){ (u64)buf, len, in };
+	}
+	b[n++] = (struct vbuf){ (u64)&blk_status, 1, true };
+	virtq_submit(&vq, 0, b, n);
+	r = virtq_wait(&dev, &vq, &id, &used);
+	if (r == VQ_DONE)
+		return blk_status;
+	return r == VQ_NEEDS_RESET ? BLK_NEEDS_RESET : BLK_TIMEOUT;
+}
+
+static void check_status(const char *name, int st, int want)
+{
+	if (st < 0)
+		check(name, false, outcome_name(st == BLK_NEEDS_RESET ? VQ_NEEDS_RESET :
+						       VQ_TIMEOUT), 0);
+	else
+		check(name, st == want, "request status ", st);
+}
+
+/*
+ * The device up to DRIVER_OK with queue 0, interrupting through MSI-X table
+ * entry 0 (IRQ_MSIX), its INTx line (IRQ_INTX), or not at all.  Returns the
+ * interrupt it really got, or -1 on failure.
+ */
+enum { IRQ_NONE, IRQ_MSIX, IRQ_INTX };
+
+static int blk_start(u64 wanted, int irq)
+{
+	u16 vector = VIRTIO_NO_VECTOR;
+
+	if (!virtio_negotiate(&dev, wanted, 0))
+		return -1;
+	if (irq == IRQ_MSIX) {
+		if (virtio_msix_enable(&dev))
+			vector = 0;
+		else
+			irq = IRQ_INTX;		/* no MSI-X capability: INTx it is */
+	}
+	if (irq == IRQ_INTX && !virtio_intx_enable(&dev))
+		irq = IRQ_NONE;
+	if (!virtq_setup(&dev, &vq, 0, &qmem[0], vector))
+		return -1;
+	virtio_driver_ok(&dev);
+	return irq;
+}
+
+/* struct virtio_blk_config starts with le64 capacity, in 512-byte sectors. */
+static u64 blk_capacity(void)
+{
+	u64 cap = 0;
+
+	virtio_cfg_read(&dev, 0, &cap, sizeof(cap));
+	return cap;
+}
+
+/* The nth blk device with (ro) or without VIRTIO_BLK_F_RO; false if none. */
+static bool find_blk(bool ro)
+{
+	/* Interrupts come in through our sti windows while we wait: the PIC
+	 * must be off its power-on vectors (and masked), the local APIC on. */
+	pic_setup(0xff);
+	for (int i = 0; virtio_probe(&dev, VIRTIO_ID_BLK, i); i++)
+		if (!!(dev.offered & VIRTIO_BLK_F_RO) == ro)
+			return true;
+	return false;
+}
+
+/* msix=off on the command line: test=blk proves INTx instead of MSI-X. */
+bool virtio_msix_off;
+
+int test_blk(void)
+{
+	u64 cap;
+	long bad;
+	int st, irq;
+	unsigned before;
+	volatile unsigned *count;
+	const char *irq_check;
+
+	failures = 0;
+	if (!find_blk(false)) {
+		print("FAIL blk: no writable virtio-blk device\n");
+		return 1;
+	}
+	irq = blk_start(VIRTIO_BLK_F_FLUSH, virtio_msix_off ? IRQ_INTX : IRQ_MSIX);
+	if (irq < 0) {
+		check("blk-init", false, "device status 0x", virtio_status(&dev));
+		virtio_reset(&dev);
+		return failures;
+	}
+	cap = blk_capacity();
+	check("blk-init", cap >= 16, "capacity (sectors) below 16: ", cap);
+	print("blk: capacity ");
+	print_dec(cap);
+	print(" sectors\n");
+
+	/* Sectors 0-7 in one request, completed with an interrupt. */
+	count = irq == IRQ_MSIX ? &virtio_msix_count : &virtio_intx_count;
+	irq_check = irq == IRQ_MSIX ? "blk-msix" : "blk-intx";
+	before = *count;
+	memset(blk_buf, 0, sizeof(blk_buf));
+	st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, 8 * SECTOR, true);
+	for (int i = 0; i < 100000 && irq != IRQ_NONE && *count == before; i++)
+		asm volatile("sti; nop; cli" : : : "memory");
+	if (st != VIRTIO_BLK_S_OK)
+		check_status(irq_check, st, VIRTIO_BLK_S_OK);
+	else if (irq == IRQ_NONE)
+		check(irq_check, false, "neither MSI-X nor a usable INTx line, interrupt line ",
+		      pci_read8(dev.devfn, PCI_INTERRUPT_LINE));
+	else
+		check(irq_check, *count != before, "request done, but no interrupt on vector 0x",
+		      irq == IRQ_MSIX ? VIRTIO_MSIX_VECTOR : virtio_intx_vector);
+	if (irq == IRQ_INTX)
+		virtio_intx_disable(&dev);
+	bad = differs(blk_buf, 0, 8, 0);
+	check("blk-read", st == VIRTIO_BLK_S_OK && bad < 0,
+	      "first wrong byte at offset ", bad);
+
+	st = blk_request(VIRTIO_BLK_T_IN, cap - 1, blk_buf, SECTOR, false);
+	bad = differs(blk_buf, cap - 1, 1, 0);
+	if (st != VIRTIO_BLK_S_OK)
+		check_status("blk-read-last", st, VIRTIO_BLK_S_OK);
+	else
+		check("blk-read-last", bad < 0, "first wrong byte at offset ", bad);
+
+	fill(blk_buf, 2, 2, 0xff);
+	st = blk_request(VIRTIO_BLK_T_OUT, 2, blk_buf, 2 * SECTOR, false);
+	check_status("blk-write", st, VIRTIO_BLK_S_OK);
+	memset(blk_buf, 0, 2 * SECTOR);
+	st = blk_request(VIRTIO_BLK_T_IN, 2, blk_buf, 2 * SECTOR, false);
+	bad = differs(blk_buf, 2, 2, 0xff);
+	if (st != VIRTIO_BLK_S_OK)
+		check_status("blk-readback", st, VIRTIO_BLK_S_OK);
+	else
+		check("blk-readback", bad < 0, "first wrong byte at offset ", bad);
+
+	if (!(dev.features & VIRTIO_BLK_F_FLUSH))
+		check("blk-flush", false, "VIRTIO_BLK_F_FLUSH not offered, features 0x",
+		      dev.offered);
+	else
+		check_status("blk-flush", blk_request(VIRTIO_BLK_T_FLUSH, 0, 0, 0, false),
+			     VIRTIO_BLK_S_OK);
+
+	/* The ID is up to 20 bytes, NUL-terminated only if shorter. */
+	memset(blk_buf, 0, 21);
+	st = blk_request(VIRTIO_BLK_T_GET_ID, 0, blk_buf, 20, false);
+	check_status("blk-get-id", st, VIRTIO_BLK_S_OK);
+	if (st == VIRTIO_BLK_S_OK) {
+		print("blk: id '");
+		print((const char *)blk_buf);
+		print("'\n");
+	}
+	virtio_reset(&dev);
+	return failures;
+}
+
+int test_blk_ro(void)
+{
+	long bad;
+	int st;
+
+	failures = 0;
+	if (!find_blk(true)) {
+		check("blk-ro-feature", false, "no virtio-blk device offers VIRTIO_BLK_F_RO, found ",
+		      virtio_probe(&dev, VIRTIO_ID_BLK, 0) ? 1 : 0);
+		return failures;
+	}
+	if (blk_start(VIRTIO_BLK_F_RO, IRQ_NONE) < 0) {
+		check("blk-ro-feature", false, "device status 0x", virtio_status(&dev));
+		virtio_reset(&dev);
+		return failures;
+	}
+	check("blk-ro-feature", true, "", 0);
+
+	st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, SECTOR, false);
+	bad = differs(blk_buf, 0, 1, 0);
+	if (st != VIRTIO_BLK_S_OK)
+		check_status("blk-ro-read", st, VIRTIO_BLK_S_OK);
+	else
+		check("blk-ro-read", bad < 0, "first wrong byte at offset ", bad);
+
+	fill(blk_buf, 1, 1, 0xff);
+	check_status("blk-ro-write", blk_request(VIRTIO_BLK_T_OUT, 1, blk_buf, SECTOR, false),
+		     VIRTIO_BLK_S_IOERR);
+
+	memset(blk_buf, 0, SECTOR);
+	st = blk_request(VIRTIO_BLK_T_IN, 1, blk_buf, SECTOR, false);
+	bad = differs(blk_buf, 1, 1, 0);
+	if (st != VIRTIO_BLK_S_OK)
+		check_status("blk-ro-unchanged", st, VIRTIO_BLK_S_OK);
+	else
+		check("blk-ro-unchanged", bad < 0, "first wrong byte at offset ", bad);
+	virtio_reset(&dev);
+	return failures;
+}
+
+/* Two 64-byte requests: some bytes back each time, not all zero, not equal. */
+int test_rng(void)
+{
+	static u8 r1[64], r2[64];
+	u8 *bufs[2] = { r1, r2 };
+	u32 id, len[2] = { 0, 0 };
+	bool nonzero = false;
+	int r = VQ_DONE;
+
+	failures = 0;
+	pic_setup(0xff);
+	if (!virtio_probe(&dev, VIRTIO_ID_RNG, 0)) {
+		print("FAIL rng: no virtio-rng device\n");
+		return 1;
+	}
+	if (!virtio_negotiate(&dev, 0, 0) || !virtq_setup(&dev, &vq, 0, &qmem[0], VIRTIO_NO_VECTOR)) {
+		check("rng-read", false, "device set-up failed, status 0x", virtio_status(&dev));
+		virtio_reset(&dev);
+		return failures;
+	}
+	virtio_driver_ok(&dev);
+	for (int i = 0; i < 2 && r == VQ_DONE; i++) {
+		struct vbuf b = { (u64)bufs[i], 64, true };
+
+		virtq_submit(&vq, 0, &b, 1);
+		r = virtq_wait(&dev, &vq, &id, &len[i]);
+	}
+	for (int i = 0; i < 64; i++)
+		nonzero |= r1[i] != 0;
+	if (r != VQ_DONE)
+		check("rng-read", false, outcome_name(r), 0);
+	else if (len[0] == 0 || len[0] > 64 || len[1] == 0 || len[1] > 64)
+		check("rng-read", false, "used lengths 0x", (long)len[0] << 32 | len[1]);
+	else
+		check("rng-read", nonzero && memcmp(r1, r2, len[0] < len[1] ? len[0] : len[1]),
+		      "all zero or repeated, first byte 0x", r1[0]);
+	virtio_reset(&dev);
+	return failures;
+}
+
+/*
+ * test=virtio-abuse.  Each case builds its descriptors by hand.  A device
+ * may answer a malformed chain with an error status or by setting
+ * DEVICE_NEEDS_RESET; what it must not do is claim success, write into a
+ * buffer the driver marked device-readable, or stop answering.
+ */
+enum abuse_case { OUTSIDE_RAM, LOOP, OVERSIZED, PAST_END, RO_STATUS };
+
+static const struct {
+	const char *name, *what;
+} abuse_cases[] = {
+	[OUTSIDE_RAM] = { "abuse-outside-ram", "data buffer at 1 TiB" },
+	[LOOP] = { "abuse-loop", "looped descriptor chain" },
+	[OVERSIZED] = { "abuse-oversized", "data descriptor of 0xfffff000 bytes" },
+	[PAST_END] = { "abuse-past-end", "read of sector <capacity>" },
+	[RO_STATUS] = { "abuse-ro-status", "device-readable status byte" },
+};
+
+static void abuse(enum abuse_case c)
+{
+	const char *name = abuse_cases[c].name;
+	struct virtq_desc *d = qmem[0].desc;
+	u32 id, len;
+	int r;
+
+	if (blk_start(0, IRQ_NONE) < 0) {
+		check(name, false, "device set-up failed, status 0x", virtio_status(&dev));
+		virtio_reset(&dev);
+		return;
+	}
+	/* A good read of sector 0 (header, data, status), then the damage. */
+	blk_hdr.type = VIRTIO_BLK_T_IN;
+	blk_hdr.reserved = 0;
+	blk_hdr.sector = c == PAST_END ? blk_capacity() : 0;
+	blk_status = 0xff;
+	d[0] = (struct virtq_desc){ (u64)&blk_hdr, sizeof(blk_hdr), VIRTQ_DESC_F_NEXT, 1 };
+	d[1] = (struct virtq_desc){ (u64)blk_buf, SECTOR, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2 };
+	d[2] = (struct virtq_desc){ (u64)&blk_status, 1, VIRTQ_DESC_F_WRITE, 0 };
+	if (c == OUTSIDE_RAM) {
+		d[1].addr = 1ULL << 40;
+	} else if (c == LOOP) {
+		/* header -> data 1 -> data 2 -> data 1 -> ... */
+		d[1].len = SECTOR / 2;
+		d[2] = (struct virtq_desc){ (u64)blk_buf + SECTOR / 2, SECTOR / 2,
+					    VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1 };
+	} else if (c == OVERSIZED) {
+		d[1].len = 0xfffff000;
+	} else if (c == RO_STATUS) {
+		d[2].flags = 0;
+	}
+	virtq_push(&vq, 0);
+	r = virtq_wait(&dev, &vq, &id, &len);
+
+	print("abuse: ");
+	print(abuse_cases[c].what);
+	print(": ");
+	if (r == VQ_DONE) {
+		print("status ");
+		print_dec(blk_status);
+		print(", used length ");
+		print_dec(len);
+		print("\n");
+	} else {
+		print(r == VQ_NEEDS_RESET ? "DEVICE_NEEDS_RESET\n" : "no answer\n");
+	}
+
+	if (r == VQ_TIMEOUT)
+		check(name, false, outcome_name(r), 0);
+	else if (r == VQ_NEEDS_RESET)
+		check(name, c != PAST_END, "wanted VIRTIO_BLK_S_IOERR, got DEVICE_NEEDS_RESET", 0);
+	else if (c == RO_STATUS)
+		check(name, blk_status == 0xff, "device wrote into a device-readable buffer: 0x",
+		      blk_status);
+	else if (c == PAST_END)
+		check(name, blk_status == VIRTIO_BLK_S_IOERR, "request status ", blk_status);
+	else
+		check(name, blk_status == VIRTIO_BLK_S_IOERR || blk_status == VIRTIO_BLK_S_UNSUPP,
+		      "request status ", blk_status);
+	virtio_reset(&dev);
+}
+
+int test_virtio_abuse(void)
+{
+	long bad;
+	int st;
+
+	failures = 0;
+	if (!find_blk(false)) {
+		print("FAIL virtio-abuse: no writable virtio-blk device\n");
+		return 1;
+	}
+	for (int c = OUTSIDE_RAM; c <= RO_STATUS; c++)
+		abuse(c);
+
+	if (blk_start(0, IRQ_NONE) < 0) {
+		check("abuse-recovered", false, "device set-up failed, status 0x",
+		      virtio_status(&dev));
+	} else {
+		memset(blk_buf, 0, SECTOR);
+		st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, SECTOR, false);
+		bad = differs(blk_buf, 0, 1, 0);
+		if (st != VIRTIO_BLK_S_OK)
+			check_status("abuse-recovered", st, VIRTIO_BLK_S_OK);
+		else
+			check("abuse-recovered", bad < 0, "first wrong byte at offset ", bad);
+	}
+	virtio_reset(&dev);
+	return failures;
+}
