@@ -1,3 +1,4 @@
+import Boot
 import Lifecycle
 import Memory
 
@@ -11,6 +12,12 @@ public struct MachineConfig: Sendable {
     public var verbose = false
     /// Feed stdin to the serial port (off for tests that run many VMs in one process).
     public var consoleInput = true
+    /// Linux boot: the initrd, the entry path, `console=ttyS0` added when no console is named,
+    /// and the CPUID adjustments for PVM hosts (see docs/boot.md).
+    public var initrdPath: String? = nil
+    public var entry: EntryChoice = .auto
+    public var addSerialConsole = true
+    public var pvmHost = false
 
     public init(memory: MemorySize, kernelPath: String, commandLine: String) {
         self.memory = memory

@@ -9,12 +9,12 @@ if let i = arguments.firstIndex(of: "--") {
     arguments = Array(arguments[..<i])
 }
 do {
-    var command = try SwiftVMM.parseAsRoot(arguments)
+    var command = try Root.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {
         vmm.passthrough = passthrough
         command = vmm
     }
     try command.run()
 } catch {
-    SwiftVMM.exit(withError: error)
+    Root.exit(withError: error)
 }
