@@ -1,4 +1,5 @@
 import CLibElf
+import Glibc
 
 /// An ELF kernel as its program headers describe it, parsed with libelf.
 public struct ELFImage: Sendable {
@@ -139,6 +140,29 @@ public struct ELFImage: Sendable {
                 }
             }
             return nil
+        }
+    }
+
+    /// The `Linux version ...` banner inside an uncompressed kernel, if it is one.
+    public static func linuxVersion(in bytes: [UInt8]) -> String? {
+        let needle = Array("Linux version ".utf8)
+        return bytes.withUnsafeBytes { buf -> String? in
+            needle.withUnsafeBytes { n -> String? in
+                guard let base = buf.baseAddress else { return nil }
+                // memchr for the first byte, then compare: tens of MiB in a few ms.
+                var from = 0
+                var found: Int? = nil
+                while from + n.count <= buf.count {
+                    guard let p = memchr(base + from, Int32(needle[0]), buf.count - from - n.count + 1) else { break }
+                    let at = UnsafeRawPointer(p) - base
+                    if memcmp(base + at, n.baseAddress!, n.count) == 0 { found = at; break }
+                    from = at + 1
+                }
+                guard let start = found else { return nil }
+                var end = start
+                while end < buf.count && end - start < 300 && buf[end] != 0 && buf[end] != 0x0A { end += 1 }
+                return String(decoding: buf[start ..< end], as: UTF8.self)
+            }
         }
     }
 

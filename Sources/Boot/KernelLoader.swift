@@ -5,6 +5,63 @@ public enum EntryMode: Sendable, Equatable {
     /// 64-bit long mode with paging on, RIP = entry, RSI = boot_params (Linux's 64-bit boot
     /// protocol; also the bundled guest's `start64`).
     case longMode64(entry: UInt64, bootParams: UInt64)
+    /// PVH: 32-bit protected mode, paging off, EBX = `hvm_start_info` (the entry comes from
+    /// the ELF note XEN_ELFNOTE_PHYS32_ENTRY).
+    case pvh(entry: UInt64, startInfo: UInt64)
+    /// Linux's 32-bit boot protocol: 32-bit protected mode, paging off, ESI = boot_params.
+    /// Also how 32-bit ELF kernels are entered.
+    case protected32(entry: UInt64, bootParams: UInt64)
+
+    public var name: String {
+        switch self {
+        case .longMode64: return "linux64"
+        case .pvh: return "pvh"
+        case .protected32: return "linux32"
+        }
+    }
+}
+
+/// Which entry the user asked for (`--entry`).
+public enum EntryChoice: String, Sendable, CaseIterable {
+    /// PVH when the ELF has the note, else the image's own best: 64-bit, or 32-bit.
+    case auto
+    case pvh
+    case linux64
+    case linux32
+}
+
+/// What the loader needs besides the kernel itself.
+public struct BootOptions: Sendable {
+    public var commandLine: String
+    public var initrdPath: String?
+    public var entry: EntryChoice = .auto
+    /// Guest-physical ranges that are the VMM's (the hypercall page): reserved in the map.
+    public var reserved: [Range<UInt64>] = []
+    /// An MP table was written at BootLayout.mpTable (SMP): nothing to do for the map, which
+    /// reserves the EBDA anyway, but kept here so boot data and tests can say so.
+    public var cpus: Int = 1
+    /// Add `console=ttyS0` to a Linux kernel's command line when it names no console, so
+    /// its output reaches the serial port (the only console swiftvmm has).
+    public var addSerialConsole = true
+
+    public init(commandLine: String, initrdPath: String? = nil, entry: EntryChoice = .auto,
+                reserved: [Range<UInt64>] = [], cpus: Int = 1, addSerialConsole: Bool = true) {
+        self.commandLine = commandLine
+        self.initrdPath = initrdPath
+        self.entry = entry
+        self.reserved = reserved
+        self.cpus = cpus
+        self.addSerialConsole = addSerialConsole
+    }
+
+    /// The command line a kernel gets: the user's words, plus `console=ttyS0` for Linux
+    /// kernels when the user named no console and did not turn this off.
+    public func effectiveCommandLine(isLinux: Bool) -> String {
+        guard addSerialConsole, isLinux else { return commandLine }
+        let words = commandLine.split(separator: " ")
+        if words.contains(where: { $0.hasPrefix("console=") }) { return commandLine }
+        return commandLine.isEmpty ? "console=ttyS0" : commandLine + " console=ttyS0"
+    }
 }
 
 /// What the loader did: where the kernel is and how to start it.
@@ -14,88 +71,191 @@ public struct LoadedKernel: Sendable {
     /// Guest-physical ranges the kernel's segments occupy.
     public let loadedRanges: [Range<UInt64>]
     public let commandLine: String
+    /// Where the initrd went, if there is one.
+    public let initrd: Range<UInt64>?
+    /// The memory map the kernel was given.
+    public let e820: [E820Entry]
 }
 
 /// Puts a kernel image into guest memory with everything it needs to start: its segments,
-/// the command line, boot_params with the e820 map, and the page tables for the entry.
+/// the command line, the initrd, boot_params (or PVH start info) with the e820 map, and the
+/// page tables for the entry.
+///
+/// Everything is checked before anything is written, so a bad image or initrd leaves no
+/// half-loaded machine behind.
 public enum KernelLoader {
     /// Linux's COMMAND_LINE_SIZE on x86 for ELF kernels, which carry no setup header to say.
     public static let defaultCommandLineLimit = 2048
 
+    /// The foundation's entry point, kept for callers that have no initrd or entry choice.
     public static func load(path: String, into memory: GuestMemory, commandLine: String,
                             reserved: [Range<UInt64>]) throws(BootError) -> LoadedKernel {
+        try load(path: path, into: memory, options: BootOptions(commandLine: commandLine, reserved: reserved))
+    }
+
+    public static func load(path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
         let bytes = try readFile(path)
         guard !bytes.isEmpty else { throw .notAKernel(path: path, reason: "the file is empty") }
+        let initrd = try options.initrdPath.map { p throws(BootError) in try readFile(p) }
+        if let initrd, let p = options.initrdPath, initrd.isEmpty {
+            throw .notAKernel(path: p, reason: "the initrd is empty")
+        }
+        var options = options
         if ELFImage.isELF(bytes) {
             let image = try ELFImage(bytes: bytes, path: path)
-            return try loadELF(image, bytes: bytes, into: memory, commandLine: commandLine, reserved: reserved)
+            options.commandLine = options.effectiveCommandLine(isLinux: ELFImage.linuxVersion(in: bytes) != nil)
+            return try loadELF(image, bytes: bytes, into: memory, options: options, initrd: initrd)
         }
-        if bytes.count > 0x206, Array(bytes[0x202..<0x206]) == Array("HdrS".utf8) {
-            throw .unsupported(path: path, reason: "bzImage kernels are not supported yet; use the ELF vmlinux")
+        if BzImage.isBzImage(bytes) {
+            let image = try BzImage(bytes: bytes, path: path)
+            options.commandLine = options.effectiveCommandLine(isLinux: true)
+            return try image.load(into: memory, options: options, initrd: initrd)
         }
         throw .notAKernel(path: path, reason: "neither an ELF file nor a bzImage (no ELF magic, no 'HdrS' setup header)")
     }
 
-    static func loadELF(_ image: ELFImage, bytes: [UInt8], into memory: GuestMemory, commandLine: String,
-                        reserved: [Range<UInt64>]) throws(BootError) -> LoadedKernel {
+    static func loadELF(_ image: ELFImage, bytes: [UInt8], into memory: GuestMemory, options: BootOptions,
+                        initrd: [UInt8]?) throws(BootError) -> LoadedKernel {
         let path = image.path
-        guard image.elfClass == .elf64 else {
-            throw .unsupported(path: path, reason: "32-bit ELF kernels are not supported yet")
+        // Where each segment goes. Normally its physical address; when those are unusable
+        // (0, or the kernel-space virtual addresses themselves), the page offset the image's
+        // code reveals turns virtual into physical, as lguest did.
+        var placement = image.segments.map { $0.physicalAddress }
+        var entryPhysical: UInt64? = nil
+        if PageOffset.physicalAddressesUnusable(image) {
+            do {
+                let found = try PageOffset.intuit(image: image, bytes: bytes)
+                placement = try PageOffset.placement(image, pageOffset: found.pageOffset)
+                entryPhysical = image.entry >= found.pageOffset ? image.entry - found.pageOffset : image.entry
+            } catch {
+                throw .unsupported(path: path, reason: "its physical addresses are unusable and \(error.description)")
+            }
         }
-        // Check every segment before writing any, so a bad image leaves nothing half-loaded.
+
+        // Check every segment before writing any.
         var ranges: [Range<UInt64>] = []
         for (i, seg) in image.segments.enumerated() {
-            let (end, overflow) = seg.physicalAddress.addingReportingOverflow(seg.memorySize)
+            let at = placement[i]
+            let (end, overflow) = at.addingReportingOverflow(seg.memorySize)
             guard !overflow else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at 0x\(String(seg.physicalAddress, radix: 16)) wraps around the address space")
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) wraps around the address space")
             }
-            guard seg.physicalAddress >= BootLayout.kernelStart else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at 0x\(String(seg.physicalAddress, radix: 16)) overlaps swiftvmm's boot area below 1 MiB")
+            guard at >= BootLayout.kernelStart else {
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) overlaps swiftvmm's boot area below 1 MiB")
             }
-            guard memory.contains(seg.physicalAddress, count: seg.memorySize) else {
-                throw .doesNotFit(path: path, reason: "segment \(i) (0x\(String(seg.physicalAddress, radix: 16))-0x\(String(end - 1, radix: 16))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
+            guard memory.contains(at, count: seg.memorySize) else {
+                throw .doesNotFit(path: path, reason: "segment \(i) (\(hex(at))-\(hex(end - 1))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
             }
-            let r = seg.physicalAddress ..< end
+            let r = at ..< end
             if let other = ranges.firstIndex(where: { $0.overlaps(r) }) {
                 throw .notAKernel(path: path, reason: "segments \(other) and \(i) overlap")
             }
             ranges.append(r)
         }
-        for seg in image.segments {
-            let p = memory.pointer(seg.physicalAddress, count: seg.memorySize)!
+
+        // The ELF entry is a virtual address in principle; the CPU starts with an identity
+        // map (or paging off), so turn it into the physical address of the same byte.
+        var entry = entryPhysical ?? image.entry
+        if entryPhysical == nil,
+           let i = image.segments.firstIndex(where: { image.entry >= $0.virtualAddress && image.entry - $0.virtualAddress < $0.memorySize }) {
+            entry = image.entry - image.segments[i].virtualAddress + placement[i]
+        }
+
+        let mode: EntryMode
+        let limit = defaultCommandLineLimit
+        switch (options.entry, image.elfClass) {
+        case (.auto, .elf64), (.auto, .elf32):
+            if let pvh = image.pvhEntry {
+                mode = .pvh(entry: pvh, startInfo: BootLayout.pvhStartInfo)
+            } else if image.elfClass == .elf64 {
+                mode = .longMode64(entry: entry, bootParams: BootLayout.zeroPage)
+            } else {
+                mode = .protected32(entry: entry, bootParams: BootLayout.zeroPage)
+            }
+        case (.pvh, _):
+            guard let pvh = image.pvhEntry else {
+                throw .unsupported(path: path, reason: "--entry=pvh, but the image has no PVH note (XEN_ELFNOTE_PHYS32_ENTRY)")
+            }
+            mode = .pvh(entry: pvh, startInfo: BootLayout.pvhStartInfo)
+        case (.linux64, .elf64):
+            mode = .longMode64(entry: entry, bootParams: BootLayout.zeroPage)
+        case (.linux64, .elf32):
+            throw .unsupported(path: path, reason: "--entry=linux64, but this is a 32-bit ELF kernel")
+        case (.linux32, .elf32):
+            mode = .protected32(entry: entry, bootParams: BootLayout.zeroPage)
+        case (.linux32, .elf64):
+            throw .unsupported(path: path, reason: "--entry=linux32, but a 64-bit ELF kernel has no 32-bit entry (use pvh or linux64)")
+        }
+
+        let kernelEnd = ranges.map(\.upperBound).max() ?? BootLayout.kernelStart
+        let initrdRange = try initrd.map { bytes throws(BootError) in
+            try Initrd.place(size: UInt64(bytes.count), memory: memory, above: kernelEnd,
+                             maxAddress: Initrd.defaultAddressMax, path: options.initrdPath ?? "initrd")
+        }
+        let line = try checkCommandLine(options.commandLine, limit: limit)
+
+        // Everything checked: write.
+        for (i, seg) in image.segments.enumerated() {
+            let p = memory.pointer(placement[i], count: seg.memorySize)!
             bytes.withUnsafeBytes { src in
                 p.copyMemory(from: src.baseAddress! + Int(seg.fileOffset), byteCount: Int(seg.fileSize))
             }
             (p + Int(seg.fileSize)).initializeMemory(as: UInt8.self, repeating: 0, count: Int(seg.memorySize - seg.fileSize))
         }
-        // The ELF entry is a virtual address; the CPU starts with an identity map, so turn it
-        // into the physical address of the same byte.
-        var entry = image.entry
-        if let seg = image.segments.first(where: { image.entry >= $0.virtualAddress && image.entry - $0.virtualAddress < $0.memorySize }) {
-            entry = image.entry - seg.virtualAddress + seg.physicalAddress
+        if let initrd, let r = initrdRange { try writeChecked(initrd, at: r.lowerBound, memory) }
+        let map = e820(memory: memory, reserved: options.reserved)
+        var zp = ZeroPage()
+        if let r = initrdRange { zp.setRamdisk(address: r.lowerBound, size: UInt64(r.count)) }
+        try writeBootData(into: memory, line: line, map: map, zeroPage: zp)
+        if case .pvh = mode {
+            try writeChecked(PVHStartInfo.build(at: BootLayout.pvhStartInfo, commandLine: BootLayout.commandLine,
+                                                e820: map, initrd: initrdRange).bytes,
+                             at: BootLayout.pvhStartInfo, memory)
         }
-        try writeBootData(into: memory, commandLine: commandLine, limit: defaultCommandLineLimit, reserved: reserved, zeroPage: ZeroPage())
-        return LoadedKernel(format: "ELF64", entry: .longMode64(entry: entry, bootParams: BootLayout.zeroPage),
-                            loadedRanges: ranges, commandLine: commandLine)
+        return LoadedKernel(format: image.elfClass == .elf64 ? "ELF64" : "ELF32", entry: mode,
+                            loadedRanges: ranges, commandLine: options.commandLine, initrd: initrdRange, e820: map)
+    }
+
+    /// The command line as the kernel will read it (NUL-terminated), or the error when it is
+    /// longer than the kernel accepts.
+    static func checkCommandLine(_ commandLine: String, limit: Int) throws(BootError) -> [UInt8] {
+        let line = Array(commandLine.utf8) + [0]
+        let maximum = min(limit, BootLayout.commandLineCapacity)
+        guard line.count <= maximum else {
+            throw .commandLineTooLong(length: line.count - 1, maximum: maximum)
+        }
+        return line
+    }
+
+    /// The memory map a Linux guest gets: every RAM region, with the VMM's pages and the
+    /// EBDA/BIOS area cut out as reserved.
+    public static func e820(memory: GuestMemory, reserved: [Range<UInt64>]) -> [E820Entry] {
+        E820.build(ram: memory.regions.map { ($0.guestAddress, $0.size) }, reserved: reserved)
     }
 
     /// Command line, boot_params (with the e820 map) and page tables.
-    static func writeBootData(into memory: GuestMemory, commandLine: String, limit: Int,
-                              reserved: [Range<UInt64>], zeroPage: ZeroPage) throws(BootError) {
-        let line = Array(commandLine.utf8) + [0]
-        guard line.count <= min(limit, BootLayout.commandLineCapacity) else {
-            throw .commandLineTooLong(length: line.count - 1, maximum: min(limit, BootLayout.commandLineCapacity))
-        }
+    static func writeBootData(into memory: GuestMemory, line: [UInt8], map: [E820Entry], zeroPage: ZeroPage) throws(BootError) {
         var zp = zeroPage
         zp.setCommandLine(address: BootLayout.commandLine)
-        zp.setE820(E820.build(ram: memory.regions.map { ($0.guestAddress, $0.size) }, reserved: reserved))
+        zp.setE820(map)
+        try writeChecked(line, at: BootLayout.commandLine, memory)
+        try writeChecked(zp.bytes, at: BootLayout.zeroPage, memory)
         do {
-            try memory.write(line, at: BootLayout.commandLine)
-            try memory.write(zp.bytes, at: BootLayout.zeroPage)
             try LongMode.writeTables(into: memory)
         } catch {
-            // Only reachable with less RAM than MemorySize.minimum allows.
+            throw .doesNotFit(path: "boot data", reason: error.description)
+        }
+    }
+
+    static func writeChecked(_ bytes: [UInt8], at address: UInt64, _ memory: GuestMemory) throws(BootError) {
+        do {
+            try memory.write(bytes, at: address)
+        } catch {
+            // Only reachable with less RAM than MemorySize.minimum allows, or a checked
+            // placement gone wrong: a clear error either way, never a write out of bounds.
             throw .doesNotFit(path: "boot data", reason: error.description)
         }
     }
 }
+
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

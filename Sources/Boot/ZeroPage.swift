@@ -60,3 +60,24 @@ public struct ZeroPage {
         }
     }
 }
+
+extension ZeroPage {
+    public static let vidMode = 0x1FA             // u16
+    public static let kernelVersion = 0x20E       // u16: offset of the version string - 0x200
+    public static let kernelAlignment = 0x230     // u32
+    public static let relocatableKernel = 0x234   // u8
+    public static let xloadflags = 0x236          // u16
+    public static let payloadOffset = 0x248       // u32
+    public static let payloadLength = 0x24C       // u32
+    public static let prefAddress = 0x258         // u64
+    public static let initSize = 0x260            // u32
+    public static let extRamdiskImage = 0x0C0     // u32: high 32 bits of ramdisk_image
+    public static let extRamdiskSize = 0x0C4      // u32: high 32 bits of ramdisk_size
+
+    public mutating func setRamdisk(address: UInt64, size: UInt64) {
+        set(UInt32(truncatingIfNeeded: address), at: Self.ramdiskImage)
+        set(UInt32(truncatingIfNeeded: size), at: Self.ramdiskSize)
+        set(UInt32(truncatingIfNeeded: address >> 32), at: Self.extRamdiskImage)
+        set(UInt32(truncatingIfNeeded: size >> 32), at: Self.extRamdiskSize)
+    }
+}

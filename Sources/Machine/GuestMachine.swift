@@ -104,8 +104,9 @@ public final class GuestMachine: @unchecked Sendable {
 
         // The kernel, its command line and boot data.
         do {
-            kernel = try KernelLoader.load(path: config.kernelPath, into: memory, commandLine: config.commandLine,
-                                           reserved: [hypercallPage])
+            kernel = try KernelLoader.load(path: config.kernelPath, into: memory, options: BootOptions(
+                commandLine: config.commandLine, initrdPath: config.initrdPath, entry: config.entry,
+                reserved: [hypercallPage], cpus: config.cpus, addSerialConsole: config.addSerialConsole))
         } catch {
             throw .boot(error.description, exitCode: error.exitCode)
         }
@@ -114,6 +115,7 @@ public final class GuestMachine: @unchecked Sendable {
         serial = Serial16550(irq: IRQLine(vm: vm, gsi: Serial16550.com1IRQ), console: console)
         do {
             try ports.register(serial, at: Serial16550.com1Port, length: Serial16550.portCount)
+            try LegacyPlatform.register(on: ports, stop: stop)
             try ports.register(BootMarker(timeline: timeline), at: BootMarker.port, length: 1)
             if let port = config.debugExitPort {
                 try ports.register(DebugExit(stop: stop), at: UInt64(port), length: DebugExit.width)
@@ -130,17 +132,16 @@ public final class GuestMachine: @unchecked Sendable {
         var runners: [VCPURunner] = []
         do {
             let supported = try host.supportedCPUID()
+            try LegacyPlatform.writeMPTable(into: memory, cpus: config.cpus, supportedCPUID: supported)
             for id in 0..<config.cpus {
                 let vcpu = try vm.createVCPU(id: id)
-                try vcpu.setCPUID(CPUID.entries(supported: supported, vcpuID: id, vcpuCount: config.cpus))
+                try vcpu.setCPUID(CPUID.entries(supported: supported, vcpuID: id, vcpuCount: config.cpus,
+                                                pvmHost: config.pvmHost))
                 try Self.wireLocalInterrupts(vcpu)
+                // The bootstrap processor starts at the kernel's entry; the others wait in
+                // the in-kernel LAPIC for the INIT/SIPI the kernel sends them.
                 if id == 0 {
-                    switch kernel.entry {
-                    case .longMode64(let entry, let bootParams):
-                        try vcpu.setSregs(LongMode.sregs(from: vcpu.sregs()))
-                        try vcpu.setRegs(LongMode.regs(entry: entry, bootParams: bootParams))
-                    }
-                    try vcpu.setFPU(LongMode.fpu())
+                    try LegacyPlatform.setEntryState(vcpu, kernel.entry, memory: memory)
                 }
                 runners.append(VCPURunner(vcpu: vcpu, ports: ports, mmio: mmio, memory: memory,
                                           hypercalls: handler, stop: stop, trace: config.trace,

@@ -1,3 +1,4 @@
+import Boot
 import Lifecycle
 import Memory
 
@@ -35,6 +36,12 @@ public struct MachineConfig: Sendable {
     public var debugVmlinuxPath: String?
     /// When swiftvmm started (monotonic ns), so reported times include its own start-up.
     public var startTime: UInt64?
+    /// Linux boot: the initrd, the entry path, `console=ttyS0` added when no console is named,
+    /// and the CPUID adjustments for PVM hosts (see docs/boot.md).
+    public var initrdPath: String? = nil
+    public var entry: EntryChoice = .auto
+    public var addSerialConsole = true
+    public var pvmHost = false
 
     public init(memory: MemorySize, kernelPath: String, commandLine: String) {
         self.memory = memory

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Boot
 import Glibc
 import Devices
 import Lifecycle
@@ -13,9 +14,12 @@ import Memory
 /// guest verbatim, including words that start with '-'.
 struct SwiftVMM: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "swiftvmm",
+        commandName: "run",
         abstract: "Boot a kernel on KVM with a serial console, in the spirit of lguest's launcher.",
-        usage: "swiftvmm [options] <memory> <kernel> [guest command line...] [-- guest words...]",
+        usage: """
+        swiftvmm [options] <memory> <kernel> [guest command line...] [-- guest words...]
+          swiftvmm inspect <kernel> [--json]
+        """,
         discussion: """
         <memory> is the guest's RAM: 64m, 1g, 512k, or a bare number of MiB. <kernel> is a 64-bit \
         ELF kernel (a Linux vmlinux, or the bundled guests/minimal/build/minimal.elf). Every word \
@@ -117,6 +121,21 @@ struct SwiftVMM: ParsableCommand {
         "An ELF with DWARF to resolve oops frames on the console to source lines (default: the kernel, if ELF).",
         valueName: "file"))
     var debugVmlinux: String?
+    @Option(help: ArgumentHelp("Initial RAM disk, placed page-aligned at the top of low memory.", valueName: "file"))
+    var initrd: String?
+
+    @Option(help: ArgumentHelp(
+        "How to enter the kernel: auto (PVH when the ELF has the note, else 64-bit), pvh, linux64, or linux32.",
+        valueName: "mode"))
+    var entry: String = "auto"
+
+    @Flag(name: .customLong("no-serial-console"),
+          help: "Do not add console=ttyS0 to a Linux kernel's command line when it names no console.")
+    var noSerialConsole = false
+
+    @Flag(name: .customLong("pvm-host"), help: ArgumentHelp(
+        "For PVM hosts (KVM without VT-x/AMD-V, guest kernel code emulated): hide CMPXCHG16B and the KVM paravirtual features that use vmcall (PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD, HC_MAP_GPA_RANGE), so unmodified Linux kernels get further. See docs/boot.md."))
+    var pvmHost = false
 
     @Argument(help: ArgumentHelp("Guest RAM: 64m, 1g, 512k, or a number of MiB.", valueName: "memory"))
     var memory: String
@@ -135,6 +154,9 @@ struct SwiftVMM: ParsableCommand {
             throw ValidationError("unknown option '\(unknown)'. Guest words that start with '-' go after '--'.")
         }
         guard cpus >= 1 else { throw ValidationError("--cpus must be at least 1") }
+        if EntryChoice(rawValue: entry) == nil {
+            throw ValidationError("unknown --entry value '\(entry)'; use auto, pvh, linux64, or linux32")
+        }
         for t in trace where TraceOptions(parsing: t) == nil {
             throw ValidationError("unknown --trace value '\(t)'; use exits, io, hypercalls, guest-errors, or all")
         }
@@ -214,6 +236,10 @@ struct SwiftVMM: ParsableCommand {
             if reportFD < 0 { fail("--report=\(path): \(String(cString: strerror(errno)))", code: ExitStatus.usage) }
         }
         config.virtio = (try? virtioConfig()) ?? VirtioConfig()
+        config.initrdPath = initrd
+        config.entry = EntryChoice(rawValue: entry) ?? .auto
+        config.addSerialConsole = !noSerialConsole
+        config.pvmHost = pvmHost
 
         // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
         // block them everywhere and take them on one thread with sigwait.
@@ -235,7 +261,7 @@ struct SwiftVMM: ParsableCommand {
             if sigwait(&set, &sig) == 0 { machine.requestStop(.interrupted(signal: sig)) }
         }
         if verbose {
-            Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format)), command line \"\(machine.kernel.commandLine)\"")
+            Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format), entry \(machine.kernel.entry.name)), command line \"\(machine.kernel.commandLine)\"")
         }
         let result = machine.run()
         let outcome = result.outcome

@@ -16,12 +16,12 @@ if let i = arguments.firstIndex(of: "--") {
 // the bare flag means the default port.
 arguments = arguments.map { $0 == "--debug-exit" ? "--debug-exit=0xf4" : $0 }
 do {
-    var command = try SwiftVMM.parseAsRoot(arguments)
+    var command = try Root.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {
         vmm.passthrough = passthrough
         command = vmm
     }
     try command.run()
 } catch {
-    SwiftVMM.exit(withError: error)
+    Root.exit(withError: error)
 }

@@ -1,0 +1,168 @@
+/// What the loaders see in a kernel file, for `swiftvmm inspect`: format, boot protocol,
+/// version string, payload compression, entry points, load segments, and the intuited page
+/// offset with how it was found. Built from the same parsers the loaders use.
+public struct KernelInspection: Sendable {
+    public struct Segment: Sendable {
+        public let virtualAddress: UInt64
+        public let physicalAddress: UInt64
+        public let fileSize: UInt64
+        public let memorySize: UInt64
+        public let flags: String
+    }
+
+    public var path: String
+    public var format = "unknown"
+    public var size = 0
+    public var bootProtocol: String? = nil
+    public var kernelVersion: String? = nil
+    public var compression: String? = nil
+    public var entry32: UInt64? = nil
+    public var entry64: UInt64? = nil
+    public var entryPVH: UInt64? = nil
+    public var loadAddress: UInt64? = nil
+    public var segments: [Segment] = []
+    public var physicalAddressesUsable: Bool? = nil
+    public var pageOffset: UInt64? = nil
+    public var pageOffsetMethod: String? = nil
+    public var pageOffsetError: String? = nil
+    /// What the loader would do with it: the error it would give, if any.
+    public var problem: String? = nil
+
+    public static func inspect(path: String) throws(BootError) -> KernelInspection {
+        let bytes = try readFile(path)
+        return inspect(bytes: bytes, path: path)
+    }
+
+    public static func inspect(bytes: [UInt8], path: String) -> KernelInspection {
+        var r = KernelInspection(path: path)
+        r.size = bytes.count
+        if ELFImage.isELF(bytes) {
+            do {
+                let image = try ELFImage(bytes: bytes, path: path)
+                r.format = image.elfClass == .elf64 ? "ELF64" : "ELF32"
+                r.kernelVersion = ELFImage.linuxVersion(in: bytes)
+                r.entryPVH = image.pvhEntry
+                if image.elfClass == .elf64 { r.entry64 = image.entry } else { r.entry32 = image.entry }
+                r.segments = image.segments.map {
+                    Segment(virtualAddress: $0.virtualAddress, physicalAddress: $0.physicalAddress,
+                            fileSize: $0.fileSize, memorySize: $0.memorySize,
+                            flags: ($0.flags & 4 != 0 ? "R" : "-") + ($0.flags & 2 != 0 ? "W" : "-") + ($0.flags & 1 != 0 ? "X" : "-"))
+                }
+                r.physicalAddressesUsable = !PageOffset.physicalAddressesUnusable(image)
+                do {
+                    let found = try PageOffset.intuit(image: image, bytes: bytes)
+                    r.pageOffset = found.pageOffset
+                    r.pageOffsetMethod = "\(found.method): \(found.votes) of \(found.totalVotes) votes"
+                } catch {
+                    r.pageOffsetError = error.description
+                }
+            } catch {
+                r.format = "ELF (unreadable)"
+                r.problem = error.description
+            }
+        } else if BzImage.isBzImage(bytes) {
+            r.format = "bzImage"
+            do {
+                let image = try BzImage(bytes: bytes, path: path)
+                r.bootProtocol = image.versionString
+                r.kernelVersion = image.kernelVersion
+                r.compression = image.payloadCompression
+                r.loadAddress = image.loadAddress
+                r.entry32 = image.loadAddress
+                if image.supports64BitEntry { r.entry64 = image.loadAddress + BzImage.entry64Offset }
+            } catch {
+                if bytes.count >= 0x208 { r.bootProtocol = "\(bytes[0x207]).\(String(format2: UInt16(bytes[0x206])))" }
+                r.problem = error.description
+            }
+        } else {
+            r.problem = "not a kernel image: neither an ELF file nor a bzImage"
+        }
+        return r
+    }
+
+    public var text: String {
+        var lines: [String] = []
+        func add(_ k: String, _ v: String?) { if let v { lines.append(k.padding(20) + v) } }
+        add("file:", path)
+        add("format:", format)
+        add("size:", "\(size) bytes")
+        add("boot protocol:", bootProtocol)
+        add("kernel version:", kernelVersion)
+        add("compression:", compression)
+        add("load address:", loadAddress.map(hex))
+        add("32-bit entry:", entry32.map(hex))
+        add("64-bit entry:", entry64.map(hex))
+        add("PVH entry:", entryPVH.map(hex))
+        if !segments.isEmpty {
+            lines.append("segments:           virtual -> physical, file/memory size, flags")
+            for s in segments {
+                lines.append("  \(hex16(s.virtualAddress)) -> \(hex16(s.physicalAddress))  \(hex(s.fileSize))/\(hex(s.memorySize))  \(s.flags)")
+            }
+        }
+        add("physical addresses:", physicalAddressesUsable.map { $0 ? "usable" : "unusable (converted with the page offset)" })
+        if let pageOffset {
+            add("page offset:", "\(hex(pageOffset)) (\(pageOffsetMethod ?? ""))")
+        } else if let pageOffsetError {
+            add("page offset:", "unknown: \(pageOffsetError)")
+        }
+        add("problem:", problem)
+        return lines.joined(separator: "\n")
+    }
+
+    /// One JSON object; numbers that are addresses are strings in hex (JSON numbers lose
+    /// precision above 2^53), sizes are numbers.
+    public var json: String {
+        var fields: [String] = []
+        func str(_ k: String, _ v: String?) { fields.append("\"\(k)\": " + (v.map { jsonString($0) } ?? "null")) }
+        func addr(_ k: String, _ v: UInt64?) { str(k, v.map(hex)) }
+        str("file", path)
+        str("format", format)
+        fields.append("\"size\": \(size)")
+        str("boot_protocol", bootProtocol)
+        str("kernel_version", kernelVersion)
+        str("compression", compression)
+        addr("load_address", loadAddress)
+        addr("entry32", entry32)
+        addr("entry64", entry64)
+        addr("entry_pvh", entryPVH)
+        let segs = segments.map {
+            "{\"virtual\": \"\(hex($0.virtualAddress))\", \"physical\": \"\(hex($0.physicalAddress))\", \"file_size\": \($0.fileSize), \"memory_size\": \($0.memorySize), \"flags\": \"\($0.flags)\"}"
+        }
+        fields.append("\"segments\": [" + segs.joined(separator: ", ") + "]")
+        fields.append("\"physical_addresses_usable\": " + (physicalAddressesUsable.map { $0 ? "true" : "false" } ?? "null"))
+        addr("page_offset", pageOffset)
+        str("page_offset_method", pageOffsetMethod)
+        str("page_offset_error", pageOffsetError)
+        str("problem", problem)
+        return "{" + fields.joined(separator: ", ") + "}"
+    }
+}
+
+func hex16(_ v: UInt64) -> String {
+    let s = String(v, radix: 16)
+    return "0x" + String(repeating: "0", count: max(0, 16 - s.count)) + s
+}
+
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 {
+                let h = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+    }
+    return out + "\""
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}

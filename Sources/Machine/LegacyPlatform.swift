@@ -1,0 +1,43 @@
+import Boot
+import CKVM
+import Devices
+import KVM
+import Lifecycle
+import Memory
+
+/// The PC bits around the CPU that a Linux kernel touches at boot, and the entry state of
+/// the bootstrap processor for each boot path.
+enum LegacyPlatform {
+    /// i8042 (reset line), the POST port 0x80 and the CMOS clock. Everything else on the
+    /// legacy ISA ports stays unclaimed and reads as absent (all ones).
+    static func register(on ports: IOBus, stop: StopController) throws(BusError) {
+        try ports.register(I8042(stop: stop), at: I8042.dataPort, length: I8042.portCount)
+        try ports.register(PostCodePort(), at: PostCodePort.port, length: 1)
+        try ports.register(CMOS(), at: CMOS.port, length: CMOS.portCount)
+    }
+
+    /// The MP table, so a kernel without ACPI finds every vCPU and the IOAPIC.
+    static func writeMPTable(into memory: GuestMemory, cpus: Int, supportedCPUID: [kvm_cpuid_entry2]) throws(GuestMemoryError) {
+        let leaf1 = supportedCPUID.first { $0.function == 1 }
+        let table = MPTable(cpus: cpus, cpuSignature: leaf1?.eax ?? 0x600, featureFlags: leaf1?.edx ?? 0x201)
+        try memory.write(table.bytes, at: table.address)
+    }
+
+    /// Registers of the bootstrap processor for the entry the loader chose.
+    static func setEntryState(_ vcpu: VCPU, _ entry: EntryMode, memory: GuestMemory) throws {
+        switch entry {
+        case .longMode64(let rip, let bootParams):
+            try vcpu.setSregs(LongMode.sregs(from: vcpu.sregs()))
+            try vcpu.setRegs(LongMode.regs(entry: rip, bootParams: bootParams))
+        case .pvh(let eip, let startInfo):
+            try ProtectedMode.writeGDT(into: memory)
+            try vcpu.setSregs(ProtectedMode.sregs(from: vcpu.sregs()))
+            try vcpu.setRegs(ProtectedMode.regs(entry: eip, ebx: startInfo))
+        case .protected32(let eip, let bootParams):
+            try ProtectedMode.writeGDT(into: memory)
+            try vcpu.setSregs(ProtectedMode.sregs(from: vcpu.sregs()))
+            try vcpu.setRegs(ProtectedMode.regs(entry: eip, esi: bootParams))
+        }
+        try vcpu.setFPU(LongMode.fpu())
+    }
+}
