@@ -27,6 +27,10 @@ public final class ConsoleMonitor: @unchecked Sendable {
     }
 
     public static let panicMarker = "Kernel panic - not syncing"
+    /// What Linux prints as its last words when it powers off or halts. On a PC without ACPI
+    /// nothing else tells the VMM: the CPU just halts with interrupts off. Ending the run here
+    /// turns a guest's `poweroff` into a clean exit 0 instead of a wait for the timeout.
+    public static let powerOffMarkers = ["reboot: Power down", "reboot: System halted"]
     static let maxLine = 4096
 
     let expects: [Pattern]
@@ -88,6 +92,10 @@ public final class ConsoleMonitor: @unchecked Sendable {
         trackOops(text)
         if detectPanic && text.contains(Self.panicMarker) {
             stop.stop(.kernelPanic(line: text))
+            return
+        }
+        if Self.powerOffMarkers.contains(where: { text.contains($0) }) {
+            stop.stop(.shutdown)
             return
         }
         for p in failOns where text.contains(p.regex) {

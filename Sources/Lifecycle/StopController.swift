@@ -7,7 +7,9 @@ import Synchronization
 /// guest that exits while another vCPU faults has one clear outcome.
 public final class StopController: Sendable {
     private let outcomeBox = Mutex<Outcome?>(nil)
-    private let stopping = Atomic<Bool>(false)
+    /// Set once an outcome is reported. Public so a vCPU loop in another module can read it
+    /// inline after a device access (a device may have just decided the run).
+    public let stopping = Atomic<Bool>(false)
     /// The main thread sleeps on this eventfd; `stop` makes it readable.
     private let eventFD: Int32
 

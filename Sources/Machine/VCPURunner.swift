@@ -104,7 +104,7 @@ final class VCPURunner: @unchecked Sendable {
             case SKVM_EXIT_IO:
                 if !handleIO(run, fd) { return }
             case SKVM_EXIT_MMIO:
-                handleMMIO(run)
+                if !handleMMIO(run) { return }
             case SKVM_EXIT_INTR:
                 continue
             default:
@@ -141,6 +141,9 @@ final class VCPURunner: @unchecked Sendable {
                     if traceIO { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
                 }
             }
+            // A device may have just ended the run (a reset, debug-exit, a panic line on the
+            // console): do not give the guest another instruction.
+            return !stop.stopping.load(ordering: .relaxed)
         } else {
             // Nobody there: reads float high, writes vanish, as on a real ISA bus.
             if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF, count: size * count) }
@@ -176,7 +179,8 @@ final class VCPURunner: @unchecked Sendable {
                 stop.stop(.vmmError("KVM_SET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
                 return false
             }
-            return true
+            // A console write may have decided the run (a panic line, an --expect match).
+            return !stop.stopping.load(ordering: .relaxed)
         case .stopVCPU:
             return false
         }
@@ -185,7 +189,7 @@ final class VCPURunner: @unchecked Sendable {
     // MARK: MMIO
 
     @inline(__always)
-    private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>) {
+    private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>) -> Bool {
         let address = skvm_mmio_address(run)
         let size = Int(skvm_mmio_length(run))
         let data = UnsafeMutableRawPointer(skvm_mmio_data(run)!)
@@ -202,7 +206,7 @@ final class VCPURunner: @unchecked Sendable {
                 traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
                             value: loadLittleEndian(data, size), device: device)
             }
-            return
+            return !stop.stopping.load(ordering: .relaxed)
         }
         guestErrors &+= 1
         unclaimedMMIOAccesses &+= 1
@@ -218,6 +222,7 @@ final class VCPURunner: @unchecked Sendable {
                 Diagnostics.line("swiftvmm: vcpu\(vcpu.id): read from unclaimed MMIO at \(Diagnostics.hex(address)) (\(size) bytes)")
             }
         }
+        return true
     }
 
     // MARK: The end of a run

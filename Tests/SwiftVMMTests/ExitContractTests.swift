@@ -20,6 +20,23 @@ struct ExitContractTests {
         #expect(try bootMinimal(["debugexit=5", "exit=9"], options: ["--debug-exit=0x500"]).status == 9)
     }
 
+    @Test("a reboot through the keyboard controller ends the run with 0")
+    func reboot() throws {
+        let r = try bootMinimal(["say=rebooting", "reboot", "exit=9"], options: ["--timeout=60s"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(!r.stdout.contains("still here"))
+    }
+
+    @Test("Linux's power-off message ends the run with 0 instead of waiting on a halted CPU")
+    func powerOff() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-poweroff-\(UUID()).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let r = try bootMinimal(["poweroff"], options: ["--timeout=60s", "--report=\(file.path)"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as? [String: Any]
+        #expect(json?["outcome"] as? String == "shutdown")
+    }
+
     @Test("a kernel panic on the console ends the run at once with 72; the option turns it off")
     func panic() throws {
         let r = try bootMinimal(["panic"], options: ["--timeout=60s"])

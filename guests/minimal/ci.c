@@ -1,7 +1,7 @@
 /*
  * ci.c: modes that make the minimal guest end in each way swiftvmm's exit-code
  * contract covers (README, "Exit status"), so the host tests can produce every
- * row: debug-exit writes, the boot-complete marker, panics on the console,
+ * row: debug-exit writes, the boot-complete marker, reboot and power-off, panics on the console,
  * oopses with a call trace, hangs for the timeout, and an instruction KVM
  * cannot emulate.
  */
@@ -118,6 +118,14 @@ bool run_ci_word(const char *w, size_t n)
 		print("\n");
 	} else if (word_is(w, n, "bootdone")) {
 		outb(BOOT_MARKER_PORT, BOOT_MARKER);
+	} else if (word_is(w, n, "reboot")) {
+		/* The keyboard controller's reset line, as Linux's reboot=k does it. */
+		outb(0x64, 0xfe);
+		print("minimal: still here after the reset command\n");
+	} else if (word_is(w, n, "poweroff")) {
+		/* Linux's last words on a PC without ACPI, then a halt nothing wakes. */
+		print("reboot: Power down\n");
+		hang(true);
 	} else if (word_is(w, n, "panic")) {
 		print("Kernel panic - not syncing: minimal guest panics on request\n");
 		hang(false);
