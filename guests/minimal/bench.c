@@ -13,20 +13,6 @@
 #include "main.h"
 #include "serial.h"
 
-static long parse_count(const char *s, size_t n)
-{
-	long v = 0;
-
-	if (n == 0 || n > 10)
-		return -1;
-	for (; n; n--, s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	return v;
-}
-
 static void bench_pio(long n)
 {
 	while (n--)
@@ -70,7 +56,7 @@ bool run_bench_word(const char *w, size_t n)
 		p = strlen(modes[i].prefix);
 		if (n <= p || memcmp(w, modes[i].prefix, p) != 0)
 			continue;
-		count = parse_count(w + p, n - p);
+		count = parse_decimal(w + p, n - p);
 		if (count < 0)
 			return false;
 		if (modes[i].run == bench_hypercall && !have_hypercalls) {

@@ -23,20 +23,6 @@ static const char *value_of(const char *w, size_t n, const char *prefix, size_t 
 	return w + p;
 }
 
-static long parse_dec(const char *s, size_t n)
-{
-	long v = 0;
-
-	if (n == 0 || n > 10)
-		return -1;
-	for (; n; n--, s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	return v;
-}
-
 /* Hang the way a stuck kernel does: spinning, or halted with interrupts off
  * (which only a VMM that can kick a vCPU out of KVM_RUN survives). */
 static _Noreturn void hang(bool halt)
@@ -111,7 +97,7 @@ bool run_ci_word(const char *w, size_t n)
 	size_t len;
 	long x;
 
-	if ((v = value_of(w, n, "debugexit=", &len)) && (x = parse_dec(v, len)) >= 0) {
+	if ((v = value_of(w, n, "debugexit=", &len)) && (x = parse_decimal(v, len)) >= 0) {
 		outl(DEBUG_EXIT_PORT, (u32)x);	/* returns only without the device */
 	} else if ((v = value_of(w, n, "say=", &len))) {
 		print_n(v, len);

@@ -93,3 +93,17 @@ void print_hex(u64 v)
 	while (v >>= 4);
 	print_n(p, buf + sizeof(buf) - p);
 }
+
+long parse_decimal(const char *s, size_t n)
+{
+	long v = 0;
+
+	if (n == 0 || n > 10)
+		return -1;
+	for (; n; n--, s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	return v;
+}

@@ -66,6 +66,8 @@ void print(const char *s);
 void print_n(const char *s, size_t n);
 void print_dec(long v);
 void print_hex(u64 v);
+/* The decimal number in s[0..n) (at most 10 digits), or -1 if it is not one. */
+long parse_decimal(const char *s, size_t n);
 
 /* main.c */
 extern bool have_hypercalls;

@@ -307,16 +307,9 @@ bool word_is(const char *w, size_t n, const char *s)
 /* "exit=N" with N in 0..255, else -1. */
 static int parse_status(const char *s, size_t n)
 {
-	int v = 0;
+	long v = n <= 3 ? parse_decimal(s, n) : -1;
 
-	if (n == 0 || n > 3)
-		return -1;
-	for (; n; n--, s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-	}
-	return v <= 255 ? v : -1;
+	return v <= 255 ? (int)v : -1;
 }
 
 static bool tests_ran;
