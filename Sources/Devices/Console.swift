@@ -6,16 +6,31 @@ import Synchronization
 /// hypercall go to standard output (unless `quiet`), to the `--console-log` file if any, and
 /// through the monitor that watches for panics and `--expect`/`--fail-on` patterns.
 ///
-/// Writes go straight to the fds, unbuffered, so an interactive prompt appears at once and
-/// nothing is left in a buffer when the VM ends, however it ends. A lock keeps a hypercall's
-/// string whole when several vCPUs write at once, and serializes the monitor.
+/// Once `start` has run, the writing happens on an output thread: a vCPU only appends to an
+/// in-memory backlog, so a terminal paused with Ctrl-S or a pipe nobody reads does not stop
+/// the guest (up to `backlogCapacity` bytes; beyond that the vCPU waits for room, as a guest
+/// would wait for a UART that cannot send). The monitor still sees every byte at once, in
+/// order, on the writer's side of the lock. `finish` drains the backlog at the end of a run.
+/// Without `start` (unit tests), writes go straight to the fds.
 public final class Console: @unchecked Sendable {
+    public static let backlogCapacity = 1 << 20
+
     private let fd: Int32
     private let quiet: Bool
     private let logFD: Int32?
     private let monitor: ConsoleMonitor?
     private let timeline: Timeline?
+
+    // The backlog and its flags, guarded by `lock`.
     private let lock = Mutex<Void>(())
+    private let ring = ByteRing(capacity: Console.backlogCapacity)
+    private var closing = false
+    private var threaded = false
+    /// Bytes are waiting (vCPUs to the output thread) / room was made (the other way).
+    private let dataReady = makeEventFD()
+    private let roomReady = makeEventFD()
+    private let writerDone = Atomic<Bool>(false)
+    private var writer: HostThread?
 
     public init(fd: Int32 = 1, quiet: Bool = false, logFD: Int32? = nil, monitor: ConsoleMonitor? = nil,
                 timeline: Timeline? = nil) {
@@ -24,6 +39,29 @@ public final class Console: @unchecked Sendable {
         self.logFD = logFD
         self.monitor = monitor
         self.timeline = timeline
+    }
+
+    deinit {
+        closeFD(dataReady)
+        closeFD(roomReady)
+    }
+
+    /// Start the output thread. Call before any vCPU runs.
+    public func start() {
+        lock.withLock { _ in threaded = true }
+        writer = HostThread.start(name: "console-out") { [self] in self.drainLoop() }
+    }
+
+    /// Write out everything still in the backlog and stop the output thread, waiting at most
+    /// `seconds` (an output nobody reads must not keep swiftvmm from exiting).
+    public func finish(waitingUpTo seconds: Double = 2) {
+        guard let writer else { return }
+        lock.withLock { _ in closing = true }
+        signalEventFD(dataReady)
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while !writerDone.load(ordering: .acquiring) && monotonicNanoseconds() < deadline { usleep(1000) }
+        if writerDone.load(ordering: .acquiring) { writer.join() }
+        self.writer = nil
     }
 
     @inline(__always)
@@ -35,10 +73,50 @@ public final class Console: @unchecked Sendable {
     public func write(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         timeline?.markConsoleByte()
-        lock.withLock { _ in
-            if !quiet { Self.writeAll(fd, base, bytes.count) }
-            if let logFD { Self.writeAll(logFD, base, bytes.count) }
-            if let monitor { for b in bytes { monitor.feed(b) } }
+        var offset = 0
+        var first = true
+        while offset < bytes.count {
+            let (taken, threaded) = lock.withLock { _ -> (Int, Bool) in
+                if first, let monitor { for byte in bytes { monitor.feed(byte) } }
+                guard self.threaded else {
+                    if !quiet { Self.writeAll(fd, base, bytes.count) }
+                    if let logFD { Self.writeAll(logFD, base, bytes.count) }
+                    return (bytes.count, false)
+                }
+                return (ring.append(base + offset, bytes.count - offset), true)
+            }
+            first = false
+            offset += taken
+            guard threaded else { return }
+            signalEventFD(dataReady)
+            if offset < bytes.count {
+                // The backlog is full: wait for the output thread to make room.
+                var pfd = pollfd(fd: roomReady, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, 100)
+                drainEventFD(roomReady)
+            }
+        }
+    }
+
+    private func drainLoop() {
+        defer { writerDone.store(true, ordering: .releasing) }
+        let chunkSize = 64 << 10
+        let chunk = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 16)
+        defer { chunk.deallocate() }
+        while true {
+            var pfd = pollfd(fd: dataReady, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, -1)
+            drainEventFD(dataReady)
+            while true {
+                let (n, closing) = lock.withLock { _ in (ring.take(into: chunk, max: chunkSize), self.closing) }
+                if n == 0 {
+                    if closing { return }
+                    break
+                }
+                signalEventFD(roomReady)
+                if !quiet { Self.writeAll(fd, chunk, n) }
+                if let logFD { Self.writeAll(logFD, chunk, n) }
+            }
         }
     }
 
@@ -47,11 +125,59 @@ public final class Console: @unchecked Sendable {
         while off < count {
             let n = Glibc.write(fd, p + off, count - off)
             if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
+                if errno == EINTR { continue }
+                if errno == EAGAIN {
+                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&pfd, 1, 1000)
+                    continue
+                }
                 return          // output gone (closed pipe): dropped, the guest goes on
             }
             off += n
         }
+    }
+}
+
+/// A byte FIFO of fixed capacity, allocated once.
+final class ByteRing: @unchecked Sendable {
+    private let storage: UnsafeMutableRawPointer
+    private let capacity: Int
+    private var head = 0
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Append as much of `p[0..<n]` as fits; returns how much.
+    func append(_ p: UnsafeRawPointer, _ n: Int) -> Int {
+        let m = min(n, capacity - count)
+        var done = 0
+        while done < m {
+            let tail = (head + count) % capacity
+            let run = min(m - done, capacity - tail)
+            (storage + tail).copyMemory(from: p + done, byteCount: run)
+            count += run
+            done += run
+        }
+        return m
+    }
+
+    /// Move up to `max` bytes out into `dst`; returns how many.
+    func take(into dst: UnsafeMutableRawPointer, max: Int) -> Int {
+        let m = min(max, count)
+        var done = 0
+        while done < m {
+            let run = min(m - done, capacity - head)
+            (dst + done).copyMemory(from: storage + head, byteCount: run)
+            head = (head + run) % capacity
+            count -= run
+            done += run
+        }
+        return m
     }
 }
 

@@ -217,6 +217,7 @@ public final class GuestMachine: @unchecked Sendable {
     /// Run the guest until something ends it; returns the outcome. Call once.
     public func run() -> RunResult {
         _ = skvm_install_kick_handler(Self.kickSignal)
+        console.start()
         devices.start()
         var threads: [HostThread] = []
         for runner in runners {
@@ -251,6 +252,7 @@ public final class GuestMachine: @unchecked Sendable {
         }
         devices.join()
         inputThread?.join()
+        console.finish()
         ConsoleInput.restoreTerminal()
         timeline.markEnd()
 
