@@ -24,7 +24,9 @@ struct LinuxVirtioTests {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         p.waitUntilExit()
         try #require(p.terminationStatus == 0, "scripts/build-test-kernel failed")
-        return URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("vmlinux").path
+        // The ELF vmlinux is what swiftvmm boots; the script prints it (or the bzImage beside it).
+        let url = URL(fileURLWithPath: path)
+        return url.lastPathComponent == "vmlinux" ? path : url.deletingLastPathComponent().appendingPathComponent("vmlinux").path
     }
 
     /// Run swiftvmm until the kernel prints `until` (then stop it with SIGTERM, which makes it
