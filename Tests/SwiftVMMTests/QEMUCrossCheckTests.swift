@@ -130,46 +130,9 @@ fileprivate enum QEMURunner {
         return try run(binary!, arguments, timeout: timeout)
     }
 
-    /// Run a process, draining its output, and kill it if it outlives `timeout` (a hang is a
-    /// failure, not a stuck test run).
     static func run(_ executable: String, _ arguments: [String], timeout: TimeInterval) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        final class Box: @unchecked Sendable { var data = Data() }
-        let outBox = Box(), errBox = Box()
-        let group = DispatchGroup()
-        for (pipe, box) in [(out, outBox), (err, errBox)] {
-            group.enter()
-            DispatchQueue.global().async {
-                box.data = pipe.fileHandleForReading.readDataToEndOfFile()
-                group.leave()
-            }
-        }
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning {
-            process.terminate()
-            usleep(200_000)
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            group.wait()
-            Issue.record("""
-                \(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s
-                stdout: \(String(decoding: outBox.data.suffix(2000), as: UTF8.self))
-                stderr: \(String(decoding: errBox.data.suffix(2000), as: UTF8.self))
-                """)
-            throw CancellationError()
-        }
-        process.waitUntilExit()
-        group.wait()
-        return Result(status: process.terminationStatus,
-                      stdout: String(decoding: outBox.data, as: UTF8.self),
-                      stderr: String(decoding: errBox.data, as: UTF8.self))
+        let r = try runProcess(executable, arguments, timeout: timeout)
+        return Result(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 }
 

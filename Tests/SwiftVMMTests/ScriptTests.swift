@@ -5,22 +5,7 @@ import Testing
 @Suite("Helper scripts")
 struct ScriptTests {
     func run(_ script: String, _ args: [String], env: [String: String] = [:], timeout: TimeInterval = 120) throws -> RunResult {
-        let p = Process()
-        p.executableURL = Repo.root.appendingPathComponent("scripts/\(script)")
-        p.arguments = args
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(10_000) }
-        if p.isRunning { p.terminate(); Issue.record("\(script) did not finish in \(timeout) s") }
-        p.waitUntilExit()
-        return RunResult(status: p.terminationStatus,
-                         stdout: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                         stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        try runProcess(Repo.root.appendingPathComponent("scripts/\(script)").path, args, environment: env, timeout: timeout)
     }
 
     func tempDir() throws -> URL {

@@ -49,15 +49,22 @@ struct RunResult {
 /// (a hang is a failure, not a stuck test run). `launcher` runs it through another command
 /// (e.g. `ip netns exec NS`).
 func runVMM(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 60, launcher: [String] = []) throws -> RunResult {
-    let process = Process()
     let command = launcher + [Repo.swiftvmm] + arguments
-    process.executableURL = URL(fileURLWithPath: command[0])
-    process.arguments = Array(command.dropFirst())
+    return try runProcess(command[0], Array(command.dropFirst()), input: input, timeout: timeout)
+}
+
+/// Run any program the same way: both output pipes drained concurrently (a chatty child cannot
+/// block on a full pipe), killed and recorded as a failure if it outlives `timeout`.
+func runProcess(_ executable: String, _ arguments: [String], input: String? = nil,
+                environment: [String: String]? = nil, timeout: TimeInterval = 60) throws -> RunResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let out = Pipe(), err = Pipe(), inp = Pipe()
     process.standardOutput = out
     process.standardError = err
     process.standardInput = input == nil ? FileHandle.nullDevice : inp
-    // Drain both pipes concurrently so a chatty guest cannot block on a full pipe.
     final class Box: @unchecked Sendable { var data = Data() }
     let outBox = Box(), errBox = Box()
     let group = DispatchGroup()
@@ -81,7 +88,7 @@ func runVMM(_ arguments: [String], input: String? = nil, timeout: TimeInterval =
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         group.wait()
         Issue.record("""
-            swiftvmm \(arguments.joined(separator: " ")) did not finish within \(timeout) s
+            \(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s
             stdout: \(String(decoding: outBox.data.suffix(2000), as: UTF8.self))
             stderr: \(String(decoding: errBox.data.suffix(2000), as: UTF8.self))
             """)
