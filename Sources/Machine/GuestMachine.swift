@@ -178,6 +178,13 @@ public final class GuestMachine: @unchecked Sendable {
     /// Run the guest until something ends it; returns the outcome. Call once.
     public func run() -> (outcome: Outcome, statistics: Statistics) {
         _ = skvm_install_kick_handler(Self.kickSignal)
+        // The kick must not be blocked in the vCPU threads (which inherit this thread's mask):
+        // a parent may have spawned us with it blocked, and a vCPU waiting in KVM_RUN (an AP
+        // waiting for SIPI) would then never return.
+        var kick = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, Self.kickSignal)
+        pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         devices.start()
         var threads: [HostThread] = []
         for runner in runners {
