@@ -72,6 +72,15 @@ struct VirtioGuestTests {
         #expect(try Data(contentsOf: image) == before)
     }
 
+    @Test("--help shows --block, --tunnet and --rng")
+    func help() throws {
+        let r = try runVMM(["--help"])
+        #expect(r.status == 0)
+        for option in ["--block <file[,ro]>", "--tunnet <name[,mac=xx:xx:xx:xx:xx:xx]>", "--rng"] {
+            #expect(r.stdout.contains(option), "\(option) missing from --help:\n\(r.stdout)")
+        }
+    }
+
     @Test("a missing block image exits 66 with the file named; a bad --tunnet MAC is a usage error")
     func badOptions() throws {
         let r = try bootMinimal(["hello"], options: ["--block=/nonexistent/disk.img"])
