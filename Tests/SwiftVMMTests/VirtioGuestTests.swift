@@ -40,6 +40,16 @@ struct VirtioGuestTests {
         #expect(wrong.isEmpty, "sectors with unexpected contents: \(wrong.prefix(10))")
     }
 
+    @Test("msix=off test=blk: the completion arrives as legacy INTx through the PIC, lowered by the ISR read")
+    func blkINTx() throws {
+        let image = try makeImage(sectors: 64)
+        defer { try? FileManager.default.removeItem(at: image) }
+        let r = try bootMinimal(["msix=off", "test=blk"], options: ["--block=\(image.path)", "--verbose"])
+        expectPasses(r, ["blk-init", "blk-intx", "blk-read", "blk-write", "blk-readback", "blk-flush"])
+        let report = r.stderr.split(separator: "\n").first { $0.hasPrefix("swiftvmm: virtio-blk vda:") } ?? ""
+        #expect(report.contains("(0 MSI-X") && !report.contains(" 0 INTx"), "\(report)")
+    }
+
     @Test("two disks, the second read-only: test=blk on vda, test=blk-ro on vdb; vdb's file unchanged")
     func blkReadOnly() throws {
         let rw = try makeImage(sectors: 64), ro = try makeImage(sectors: 64)
