@@ -15,6 +15,18 @@ if let i = arguments.firstIndex(of: "--") {
 // `--debug-exit` takes an optional value, which swift-argument-parser options cannot:
 // the bare flag means the default port.
 arguments = arguments.map { $0 == "--debug-exit" ? "--debug-exit=0xf4" : $0 }
+// `swiftvmm --help` is the help of what users run: the default command with all its options,
+// generated from their declarations, plus a pointer to the other subcommand.
+if arguments.first != "inspect", arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+    print(SwiftVMM.helpMessage())
+    print("""
+
+        OTHER COMMANDS:
+          swiftvmm inspect <kernel> [--json]   what swiftvmm's loaders see in a kernel image, without
+                                               booting it (see 'swiftvmm inspect --help')
+        """)
+    Root.exit()
+}
 do {
     var command = try Root.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {

@@ -35,7 +35,7 @@ final class VirtioHarness {
     }
 
     /// Reset, negotiate `features`, set up queue `queue` at the RingBuilder's addresses, DRIVER_OK.
-    func start(features: UInt64, queue: UInt16 = 0, size: UInt16? = nil) {
+    func start(features: UInt64, queue: UInt16 = 0, size: UInt16? = nil, featuresOK: Bool = true) {
         write(Self.status, 1, 0)
         write(Self.status, 1, 1)
         write(Self.status, 1, 3)
@@ -43,7 +43,7 @@ final class VirtioHarness {
         write(Self.driverFeature, 4, features & 0xFFFF_FFFF)
         write(Self.driverFeatureSelect, 4, 1)
         write(Self.driverFeature, 4, features >> 32)
-        write(Self.status, 1, 11)
+        if featuresOK { write(Self.status, 1, 11) }
         write(Self.queueSelect, 2, UInt64(queue))
         write(Self.queueSize, 2, UInt64(size ?? ring.size))
         write(Self.queueDesc, 8, RingBuilder.desc)
@@ -51,7 +51,7 @@ final class VirtioHarness {
         write(Self.queueDriver + 4, 4, RingBuilder.avail >> 32)
         write(Self.queueDevice, 8, RingBuilder.used)
         write(Self.queueEnable, 2, 1)
-        write(Self.status, 1, 15)
+        write(Self.status, 1, featuresOK ? 15 : 7)
     }
 
     var status: UInt8 { UInt8(read(Self.status, 1)) }
@@ -146,6 +146,16 @@ struct VirtioDeviceTests {
             h.write(VirtioHarness.status, 1, 11)
             #expect((h.status & 8 != 0) == accepted, "features 0x\(String(features, radix: 16))")
         }
+    }
+
+    @Test("DRIVER_OK without FEATURES_OK leaves the device inert")
+    func driverOKWithoutFeatures() throws {
+        let rng = VirtioRNG(trace: [])
+        let h = try VirtioHarness(rng)
+        h.start(features: VirtioDevice.featureVersion1, featuresOK: false)
+        #expect(rng.guestErrors.load(ordering: .relaxed) == 1)
+        #expect(h.transport.queues[0].isActive)                      // the queue is there, but not served
+        #expect(try h.submit([(Self.data, 16, true)]) == nil)
     }
 
     @Test("read, write, flush and GET_ID go to the file; the status byte says OK")

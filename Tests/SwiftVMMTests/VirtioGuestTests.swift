@@ -40,6 +40,16 @@ struct VirtioGuestTests {
         #expect(wrong.isEmpty, "sectors with unexpected contents: \(wrong.prefix(10))")
     }
 
+    @Test("msix=off test=blk: the completion arrives as legacy INTx through the PIC, lowered by the ISR read")
+    func blkINTx() throws {
+        let image = try makeImage(sectors: 64)
+        defer { try? FileManager.default.removeItem(at: image) }
+        let r = try bootMinimal(["msix=off", "test=blk"], options: ["--block=\(image.path)", "--verbose"])
+        expectPasses(r, ["blk-init", "blk-intx", "blk-read", "blk-write", "blk-readback", "blk-flush"])
+        let report = r.stderr.split(separator: "\n").first { $0.hasPrefix("swiftvmm: virtio-blk vda:") } ?? ""
+        #expect(report.contains("(0 MSI-X") && !report.contains(" 0 INTx"), "\(report)")
+    }
+
     @Test("two disks, the second read-only: test=blk on vda, test=blk-ro on vdb; vdb's file unchanged")
     func blkReadOnly() throws {
         let rw = try makeImage(sectors: 64), ro = try makeImage(sectors: 64)
@@ -70,6 +80,15 @@ struct VirtioGuestTests {
         #expect(r.stderr.contains("virtio-blk vda:") && r.stderr.contains("guest errors"))
         #expect(!r.stderr.contains(" 0 guest errors"))
         #expect(try Data(contentsOf: image) == before)
+    }
+
+    @Test("--help shows --block, --tunnet and --rng")
+    func help() throws {
+        let r = try runVMM(["--help"])
+        #expect(r.status == 0)
+        for option in ["--block <file[,ro]>", "--tunnet <name[,mac=xx:xx:xx:xx:xx:xx]>", "--rng"] {
+            #expect(r.stdout.contains(option), "\(option) missing from --help:\n\(r.stdout)")
+        }
     }
 
     @Test("a missing block image exits 66 with the file named; a bad --tunnet MAC is a usage error")

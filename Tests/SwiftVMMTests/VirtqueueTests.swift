@@ -319,4 +319,62 @@ struct VirtqueueTests {
         #expect(!q.isActive && !q.hasAvailable)
         #expect(try !q.pop(into: &chain))
     }
+
+    /// SplitMix64: a fixed seed makes a failure reproducible.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test("random garbage rings: every chain either throws or yields buffers wholly inside guest RAM")
+    func randomRings() throws {
+        var rng = SeededGenerator(state: 0x5356_4D4D)
+        var r = try RingBuilder(size: 16)
+        let ramEnd = r.memory.size
+        let q = try r.queue()
+        var chain = DescriptorChain()
+        var taken = 0, refused = 0
+        for _ in 0..<2000 {
+            for i in 0..<16 {
+                // Addresses near RAM's edges, inside, far outside; lengths small, large, absurd.
+                let address: UInt64 = [UInt64.random(in: 0..<ramEnd, using: &rng), ramEnd - UInt64.random(in: 0...64, using: &rng),
+                                       UInt64.random(in: 0...UInt64.max, using: &rng), RingBuilder.indirect][Int.random(in: 0..<4, using: &rng)]
+                let length: UInt32 = [UInt32.random(in: 0...64, using: &rng), UInt32.random(in: 0...UInt32.max, using: &rng),
+                                      16 * UInt32.random(in: 0...20, using: &rng)][Int.random(in: 0..<3, using: &rng)]
+                try r.setDescriptor(i, address: address, length: length, flags: UInt16.random(in: 0...7, using: &rng),
+                                    next: UInt16.random(in: 0...20, using: &rng))
+                try r.setDescriptor(i, address: address, length: length, flags: UInt16.random(in: 0...7, using: &rng),
+                                    next: UInt16.random(in: 0...20, using: &rng), table: RingBuilder.indirect)
+            }
+            try r.post(UInt16.random(in: 0...17, using: &rng))
+            do {
+                guard try q.pop(into: &chain) else { continue }
+                taken += 1
+                for s in chain.segments {
+                    if let p = s.pointer {
+                        // The host pointer covers exactly [address, address+length) of RAM.
+                        #expect(r.memory.pointer(s.address, count: UInt64(s.length)) == p)
+                        #expect(s.address + UInt64(s.length) <= ramEnd)
+                    } else {
+                        #expect(chain.fault != nil)
+                    }
+                }
+                q.push(head: chain.head, written: 0)
+            } catch {
+                refused += 1
+                #expect(error.needsReset)
+                // A real device stops the queue here; the test starts it again.
+                try q.activate(size: 16, descriptors: RingBuilder.desc, driverArea: RingBuilder.avail,
+                               deviceArea: RingBuilder.used, eventIndex: false)
+                r = try RingBuilder(memory: r.memory, size: 16)
+            }
+        }
+        #expect(taken > 100 && refused > 100, "taken \(taken), refused \(refused)")
+    }
 }

@@ -169,7 +169,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             case .delivered: delivered = true; frameLength = 0
             case .dropped: frameLength = 0
             case .noBuffers: break
-            case .broken: return
+            case .broken: return                        // NEEDS_RESET: the driver starts over anyway
             }
             if frameLength != 0 {
                 // Out of buffers: ask for a kick when the guest posts more.

@@ -380,7 +380,12 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
                 device.guestError("driver features 0x\(String(r.driverFeatures, radix: 16)) refused (offered 0x\(String(offeredFeatures, radix: 16)))")
             }
         }
-        let startNow = status & Self.statusDriverOK != 0 && r.status & Self.statusDriverOK == 0
+        var startNow = status & Self.statusDriverOK != 0 && r.status & Self.statusDriverOK == 0
+        if startNow && status & Self.statusFeaturesOK == 0 {
+            // DRIVER_OK without agreed features (virtio 1.2, 3.1.1): the device stays inert.
+            device.guestError("DRIVER_OK set without FEATURES_OK")
+            startNow = false
+        }
         r.status = status
         guard startNow else { return {} }
         let features = r.driverFeatures
