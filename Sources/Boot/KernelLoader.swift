@@ -204,7 +204,7 @@ public enum KernelLoader {
         }
         if let initrd, let r = initrdRange { try writeChecked(initrd, at: r.lowerBound, memory) }
         let map = e820(memory: memory, reserved: options.reserved)
-        var zp = ZeroPage()
+        var zp = ZeroPage.forELFKernel(commandLineLimit: limit)
         if let r = initrdRange { zp.setRamdisk(address: r.lowerBound, size: UInt64(r.count)) }
         try writeBootData(into: memory, line: line, map: map, zeroPage: zp)
         if case .pvh = mode {

@@ -175,7 +175,16 @@ public final class GuestMachine: @unchecked Sendable {
         _ = skvm_install_kick_handler(Self.kickSignal)
         var threads: [HostThread] = []
         for runner in runners {
-            threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") { runner.run() })
+            threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") {
+                // The kick must get through even if swiftvmm was started with it blocked
+                // (signal masks are inherited: a test harness may block nearly everything).
+                // An AP waiting for its SIPI sleeps in KVM_RUN and only a signal wakes it.
+                var kick = sigset_t()
+                sigemptyset(&kick)
+                sigaddset(&kick, GuestMachine.kickSignal)
+                pthread_sigmask(SIG_UNBLOCK, &kick, nil)
+                runner.run()
+            })
         }
         var inputThread: HostThread?
         let input = ConsoleInput(serial: serial, stop: stop)

@@ -140,6 +140,10 @@ struct SwiftVMM: ParsableCommand {
         }
         if verbose {
             Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format), entry \(machine.kernel.entry.name)), command line \"\(machine.kernel.commandLine)\"")
+            if let r = machine.kernel.initrd {
+                Diagnostics.line("swiftvmm: initrd \(initrd ?? "") at \(Diagnostics.hex(r.lowerBound))-\(Diagnostics.hex(r.upperBound - 1)) (\(r.count) bytes)")
+            }
+            for e in machine.kernel.e820 { Diagnostics.line("swiftvmm: e820: \(e)") }
         }
         let (outcome, stats) = machine.run()
         switch outcome {
