@@ -111,6 +111,7 @@ public final class GuestMachine: @unchecked Sendable {
                 try vcpu.setCPUID(CPUID.entries(supported: supported, vcpuID: id, vcpuCount: config.cpus,
                                                 pvmHost: config.pvmHost))
                 try Self.wireLocalInterrupts(vcpu)
+                try vcpu.setMSRs(BootMSRs.entries)
                 // The bootstrap processor starts at the kernel's entry; the others wait in
                 // the in-kernel LAPIC for the INIT/SIPI the kernel sends them.
                 if id == 0 {
