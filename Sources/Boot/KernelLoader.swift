@@ -1,3 +1,4 @@
+import Lifecycle
 import Memory
 
 /// How the boot CPU enters the kernel.
@@ -138,13 +139,13 @@ public enum KernelLoader {
             let at = placement[i]
             let (end, overflow) = at.addingReportingOverflow(seg.memorySize)
             guard !overflow else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) wraps around the address space")
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(Diagnostics.hex(at)) wraps around the address space")
             }
             guard at >= BootLayout.kernelStart else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) overlaps swiftvmm's boot area below 1 MiB")
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(Diagnostics.hex(at)) overlaps swiftvmm's boot area below 1 MiB")
             }
             guard memory.contains(at, count: seg.memorySize) else {
-                throw .doesNotFit(path: path, reason: "segment \(i) (\(hex(at))-\(hex(end - 1))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
+                throw .doesNotFit(path: path, reason: "segment \(i) (\(Diagnostics.hex(at))-\(Diagnostics.hex(end - 1))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
             }
             let r = at ..< end
             if let other = ranges.firstIndex(where: { $0.overlaps(r) }) {
@@ -258,4 +259,3 @@ public enum KernelLoader {
     }
 }
 
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
