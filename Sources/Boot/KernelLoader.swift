@@ -38,20 +38,16 @@ public struct BootOptions: Sendable {
     public var entry: EntryChoice = .auto
     /// Guest-physical ranges that are the VMM's (the hypercall page): reserved in the map.
     public var reserved: [Range<UInt64>] = []
-    /// An MP table was written at BootLayout.mpTable (SMP): nothing to do for the map, which
-    /// reserves the EBDA anyway, but kept here so boot data and tests can say so.
-    public var cpus: Int = 1
     /// Add `console=ttyS0` to a Linux kernel's command line when it names no console, so
     /// its output reaches the serial port (the only console swiftvmm has).
     public var addSerialConsole = true
 
     public init(commandLine: String, initrdPath: String? = nil, entry: EntryChoice = .auto,
-                reserved: [Range<UInt64>] = [], cpus: Int = 1, addSerialConsole: Bool = true) {
+                reserved: [Range<UInt64>] = [], addSerialConsole: Bool = true) {
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.entry = entry
         self.reserved = reserved
-        self.cpus = cpus
         self.addSerialConsole = addSerialConsole
     }
 

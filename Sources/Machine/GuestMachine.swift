@@ -86,7 +86,7 @@ public final class GuestMachine: @unchecked Sendable {
         do {
             kernel = try KernelLoader.load(path: config.kernelPath, into: memory, options: BootOptions(
                 commandLine: config.commandLine, initrdPath: config.initrdPath, entry: config.entry,
-                reserved: [hypercallPage], cpus: config.cpus, addSerialConsole: config.addSerialConsole))
+                reserved: [hypercallPage], addSerialConsole: config.addSerialConsole))
         } catch {
             throw .boot(error.description, exitCode: error.exitCode)
         }
