@@ -125,6 +125,18 @@ struct DebianBootTests {
         #expect(w.allSeen)
     }
 
+    @Test("Debian bzImage: both entries (64-bit at +0x200, 32-bit startup_32) reach its decompressor's console",
+          arguments: ["--entry=linux64", "--entry=linux32"])
+    func bzImageEntries(entry: String) throws {
+        try requireKVMAndGuest()
+        let w = try watchVMM(["--pvm-host", entry, "128m", try DebianKernel.path("cloud", "vmlinuz"),
+                              "earlyprintk=serial,ttyS0", "nokaslr"],
+                             until: ["KASLR disabled: 'nokaslr' on cmdline.\n"], timeout: 120)
+        Self.report("bzImage \(entry), decompressor", w)
+        #expect(w.allSeen)
+        #expect(w.status == 143, "\(w.stderr.suffix(1500))")
+    }
+
     @Test("Debian bzImage (decompresses itself under emulation: slow, SWIFTVMM_LONG_TESTS=1)",
           .enabled(if: longTestsEnabled, "set SWIFTVMM_LONG_TESTS=1 to boot the bzImage (minutes on emulating hosts)"))
     func bzImage() throws {
