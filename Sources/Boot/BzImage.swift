@@ -1,3 +1,4 @@
+import Lifecycle
 import Memory
 
 /// A Linux bzImage as the x86 boot protocol (Documentation/arch/x86/boot.rst) describes it:
@@ -127,7 +128,7 @@ public struct BzImage: Sendable {
         }
         let room = footprint
         guard memory.contains(room.lowerBound, count: UInt64(room.count)) else {
-            throw .doesNotFit(path: path, reason: "the kernel needs \(hex(room.lowerBound))-\(hex(room.upperBound - 1)) (\(MemorySize.format(UInt64(room.count))) at its load address) but the guest has \(MemorySize.format(memory.size)) of RAM")
+            throw .doesNotFit(path: path, reason: "the kernel needs \(Diagnostics.hex(room.lowerBound))-\(Diagnostics.hex(room.upperBound - 1)) (\(MemorySize.format(UInt64(room.count))) at its load address) but the guest has \(MemorySize.format(memory.size)) of RAM")
         }
         let initrdRange = try initrd.map { b throws(BootError) in
             try Initrd.place(size: UInt64(b.count), memory: memory, above: room.upperBound,

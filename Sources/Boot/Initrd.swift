@@ -1,3 +1,4 @@
+import Lifecycle
 import Memory
 
 /// Where the initial RAM disk goes: page-aligned at the top of low memory, below the highest
@@ -21,7 +22,7 @@ public enum Initrd {
         }
         let start = (top - size) & ~pageMask
         guard start >= kernelEnd else {
-            throw .doesNotFit(path: path, reason: "initrd of \(size) bytes does not fit between the kernel's end at \(hex(kernelEnd)) and \(hex(top)); give the guest more memory")
+            throw .doesNotFit(path: path, reason: "initrd of \(size) bytes does not fit between the kernel's end at \(Diagnostics.hex(kernelEnd)) and \(Diagnostics.hex(top)); give the guest more memory")
         }
         return start ..< start + size
     }

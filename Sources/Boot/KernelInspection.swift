@@ -1,3 +1,5 @@
+import Lifecycle
+
 /// What the loaders see in a kernel file, for `swiftvmm inspect`: format, boot protocol,
 /// version string, payload compression, entry points, load segments, and the intuited page
 /// offset with how it was found. Built from the same parsers the loaders use.
@@ -89,19 +91,19 @@ public struct KernelInspection: Sendable {
         add("boot protocol:", bootProtocol)
         add("kernel version:", kernelVersion)
         add("compression:", compression)
-        add("load address:", loadAddress.map(hex))
-        add("32-bit entry:", entry32.map(hex))
-        add("64-bit entry:", entry64.map(hex))
-        add("PVH entry:", entryPVH.map(hex))
+        add("load address:", loadAddress.map { Diagnostics.hex($0) })
+        add("32-bit entry:", entry32.map { Diagnostics.hex($0) })
+        add("64-bit entry:", entry64.map { Diagnostics.hex($0) })
+        add("PVH entry:", entryPVH.map { Diagnostics.hex($0) })
         if !segments.isEmpty {
             lines.append("segments:           virtual -> physical, file/memory size, flags")
             for s in segments {
-                lines.append("  \(hex16(s.virtualAddress)) -> \(hex16(s.physicalAddress))  \(hex(s.fileSize))/\(hex(s.memorySize))  \(s.flags)")
+                lines.append("  \(Diagnostics.hex(s.virtualAddress, width: 16)) -> \(Diagnostics.hex(s.physicalAddress, width: 16))  \(Diagnostics.hex(s.fileSize))/\(Diagnostics.hex(s.memorySize))  \(s.flags)")
             }
         }
         add("physical addresses:", physicalAddressesUsable.map { $0 ? "usable" : "unusable (converted with the page offset)" })
         if let pageOffset {
-            add("page offset:", "\(hex(pageOffset)) (\(pageOffsetMethod ?? ""))")
+            add("page offset:", "\(Diagnostics.hex(pageOffset)) (\(pageOffsetMethod ?? ""))")
         } else if let pageOffsetError {
             add("page offset:", "unknown: \(pageOffsetError)")
         }
@@ -114,7 +116,7 @@ public struct KernelInspection: Sendable {
     public var json: String {
         var fields: [String] = []
         func str(_ k: String, _ v: String?) { fields.append("\"\(k)\": " + (v.map { jsonString($0) } ?? "null")) }
-        func addr(_ k: String, _ v: UInt64?) { str(k, v.map(hex)) }
+        func addr(_ k: String, _ v: UInt64?) { str(k, v.map { Diagnostics.hex($0) }) }
         str("file", path)
         str("format", format)
         fields.append("\"size\": \(size)")
@@ -126,7 +128,7 @@ public struct KernelInspection: Sendable {
         addr("entry64", entry64)
         addr("entry_pvh", entryPVH)
         let segs = segments.map {
-            "{\"virtual\": \"\(hex($0.virtualAddress))\", \"physical\": \"\(hex($0.physicalAddress))\", \"file_size\": \($0.fileSize), \"memory_size\": \($0.memorySize), \"flags\": \"\($0.flags)\"}"
+            "{\"virtual\": \"\(Diagnostics.hex($0.virtualAddress))\", \"physical\": \"\(Diagnostics.hex($0.physicalAddress))\", \"file_size\": \($0.fileSize), \"memory_size\": \($0.memorySize), \"flags\": \"\($0.flags)\"}"
         }
         fields.append("\"segments\": [" + segs.joined(separator: ", ") + "]")
         fields.append("\"physical_addresses_usable\": " + (physicalAddressesUsable.map { $0 ? "true" : "false" } ?? "null"))
@@ -136,11 +138,6 @@ public struct KernelInspection: Sendable {
         str("problem", problem)
         return "{" + fields.joined(separator: ", ") + "}"
     }
-}
-
-func hex16(_ v: UInt64) -> String {
-    let s = String(v, radix: 16)
-    return "0x" + String(repeating: "0", count: max(0, 16 - s.count)) + s
 }
 
 func jsonString(_ s: String) -> String {

@@ -1,3 +1,4 @@
+import Lifecycle
 import Memory
 
 /// How the boot CPU enters the kernel.
@@ -37,20 +38,16 @@ public struct BootOptions: Sendable {
     public var entry: EntryChoice = .auto
     /// Guest-physical ranges that are the VMM's (the hypercall page): reserved in the map.
     public var reserved: [Range<UInt64>] = []
-    /// An MP table was written at BootLayout.mpTable (SMP): nothing to do for the map, which
-    /// reserves the EBDA anyway, but kept here so boot data and tests can say so.
-    public var cpus: Int = 1
     /// Add `console=ttyS0` to a Linux kernel's command line when it names no console, so
     /// its output reaches the serial port (the only console swiftvmm has).
     public var addSerialConsole = true
 
     public init(commandLine: String, initrdPath: String? = nil, entry: EntryChoice = .auto,
-                reserved: [Range<UInt64>] = [], cpus: Int = 1, addSerialConsole: Bool = true) {
+                reserved: [Range<UInt64>] = [], addSerialConsole: Bool = true) {
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.entry = entry
         self.reserved = reserved
-        self.cpus = cpus
         self.addSerialConsole = addSerialConsole
     }
 
@@ -138,13 +135,13 @@ public enum KernelLoader {
             let at = placement[i]
             let (end, overflow) = at.addingReportingOverflow(seg.memorySize)
             guard !overflow else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) wraps around the address space")
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(Diagnostics.hex(at)) wraps around the address space")
             }
             guard at >= BootLayout.kernelStart else {
-                throw .doesNotFit(path: path, reason: "segment \(i) at \(hex(at)) overlaps swiftvmm's boot area below 1 MiB")
+                throw .doesNotFit(path: path, reason: "segment \(i) at \(Diagnostics.hex(at)) overlaps swiftvmm's boot area below 1 MiB")
             }
             guard memory.contains(at, count: seg.memorySize) else {
-                throw .doesNotFit(path: path, reason: "segment \(i) (\(hex(at))-\(hex(end - 1))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
+                throw .doesNotFit(path: path, reason: "segment \(i) (\(Diagnostics.hex(at))-\(Diagnostics.hex(end - 1))) does not fit in \(MemorySize.format(memory.size)) of guest RAM")
             }
             let r = at ..< end
             if let other = ranges.firstIndex(where: { $0.overlaps(r) }) {
@@ -204,7 +201,7 @@ public enum KernelLoader {
         }
         if let initrd, let r = initrdRange { try writeChecked(initrd, at: r.lowerBound, memory) }
         let map = e820(memory: memory, reserved: options.reserved)
-        var zp = ZeroPage()
+        var zp = ZeroPage.forELFKernel(commandLineLimit: limit)
         if let r = initrdRange { zp.setRamdisk(address: r.lowerBound, size: UInt64(r.count)) }
         try writeBootData(into: memory, line: line, map: map, zeroPage: zp)
         if case .pvh = mode {
@@ -258,4 +255,3 @@ public enum KernelLoader {
     }
 }
 
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

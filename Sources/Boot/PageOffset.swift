@@ -1,3 +1,5 @@
+import Lifecycle
+
 /// Finding a kernel's virtual base from its own code, for ELF images whose program headers
 /// give no usable physical addresses (0, or the kernel-space virtual addresses again).
 ///
@@ -37,9 +39,9 @@ public enum PageOffset {
             case .noEvidence(let m):
                 return "the page offset cannot be determined from the image (no \(m) evidence in its code)"
             case .ambiguous(let m, let best, let votes, let total):
-                return "the page offset cannot be determined from the image (\(m): best candidate \(hex(best)) has only \(votes) of \(total) votes)"
+                return "the page offset cannot be determined from the image (\(m): best candidate \(Diagnostics.hex(best)) has only \(votes) of \(total) votes)"
             case .inconsistent(let offset, let reason):
-                return "the page offset the image suggests (\(hex(offset))) does not fit it: \(reason)"
+                return "the page offset the image suggests (\(Diagnostics.hex(offset))) does not fit it: \(reason)"
             }
         }
     }
@@ -143,10 +145,10 @@ public enum PageOffset {
         for (i, s) in image.segments.enumerated() where s.virtualAddress >= offset {
             let physical = s.virtualAddress - offset
             guard physical >= BootLayout.kernelStart, physical < 1 << 32 else {
-                throw .inconsistent(pageOffset: offset, reason: "segment \(i) would be at physical \(hex(physical))")
+                throw .inconsistent(pageOffset: offset, reason: "segment \(i) would be at physical \(Diagnostics.hex(physical))")
             }
             if usable && physical != s.physicalAddress {
-                throw .inconsistent(pageOffset: offset, reason: "segment \(i) would be at physical \(hex(physical)), its header says \(hex(s.physicalAddress))")
+                throw .inconsistent(pageOffset: offset, reason: "segment \(i) would be at physical \(Diagnostics.hex(physical)), its header says \(Diagnostics.hex(s.physicalAddress))")
             }
             covered += 1
         }
@@ -165,7 +167,7 @@ public enum PageOffset {
             } else if s.physicalAddress != 0 && s.physicalAddress != s.virtualAddress {
                 result.append(s.physicalAddress)
             } else {
-                throw .inconsistent(pageOffset: pageOffset, reason: "segment \(i) at virtual \(hex(s.virtualAddress)) lies below it and has no physical address")
+                throw .inconsistent(pageOffset: pageOffset, reason: "segment \(i) at virtual \(Diagnostics.hex(s.virtualAddress)) lies below it and has no physical address")
             }
         }
         return result

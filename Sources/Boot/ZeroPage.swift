@@ -81,3 +81,21 @@ extension ZeroPage {
         set(UInt32(truncatingIfNeeded: size >> 32), at: Self.extRamdiskSize)
     }
 }
+
+extension ZeroPage {
+    /// boot_params for an ELF kernel, which has no setup header of its own: the fields a
+    /// boot loader would have found in one, so Linux takes the initrd and command line
+    /// seriously (it ignores the initrd unless type_of_loader is set, for one).
+    public static func forELFKernel(commandLineLimit: Int) -> ZeroPage {
+        var zp = ZeroPage()
+        zp.set(UInt16(0xAA55), at: Self.bootFlag)
+        zp.set(UInt32(0x5372_6448), at: Self.headerMagic)       // "HdrS"
+        zp.set(UInt16(0x020F), at: Self.version)                 // boot protocol 2.15
+        zp.set(UInt8(0xFF), at: Self.typeOfLoader)
+        zp.set(UInt8(0x01), at: Self.loadFlags)                  // LOADED_HIGH
+        zp.set(UInt16(0xFFFF), at: Self.vidMode)
+        zp.set(UInt32(0x0100_0000), at: Self.kernelAlignment)
+        zp.set(UInt32(commandLineLimit - 1), at: Self.cmdlineSize)
+        return zp
+    }
+}

@@ -106,7 +106,7 @@ public final class GuestMachine: @unchecked Sendable {
         do {
             kernel = try KernelLoader.load(path: config.kernelPath, into: memory, options: BootOptions(
                 commandLine: config.commandLine, initrdPath: config.initrdPath, entry: config.entry,
-                reserved: [hypercallPage], cpus: config.cpus, addSerialConsole: config.addSerialConsole))
+                reserved: [hypercallPage], addSerialConsole: config.addSerialConsole))
         } catch {
             throw .boot(error.description, exitCode: error.exitCode)
         }
@@ -138,6 +138,7 @@ public final class GuestMachine: @unchecked Sendable {
                 try vcpu.setCPUID(CPUID.entries(supported: supported, vcpuID: id, vcpuCount: config.cpus,
                                                 pvmHost: config.pvmHost))
                 try Self.wireLocalInterrupts(vcpu)
+                try vcpu.setMSRs(BootMSRs.entries)
                 // The bootstrap processor starts at the kernel's entry; the others wait in
                 // the in-kernel LAPIC for the INIT/SIPI the kernel sends them.
                 if id == 0 {
@@ -221,7 +222,16 @@ public final class GuestMachine: @unchecked Sendable {
         devices.start()
         var threads: [HostThread] = []
         for runner in runners {
-            threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") { runner.run() })
+            threads.append(HostThread.start(name: "vcpu\(runner.vcpu.id)") {
+                // The kick must get through even if swiftvmm was started with it blocked
+                // (signal masks are inherited: a test harness may block nearly everything).
+                // An AP waiting for its SIPI sleeps in KVM_RUN and only a signal wakes it.
+                var kick = sigset_t()
+                sigemptyset(&kick)
+                sigaddset(&kick, GuestMachine.kickSignal)
+                pthread_sigmask(SIG_UNBLOCK, &kick, nil)
+                runner.run()
+            })
         }
         var inputThread: HostThread?
         let input = ConsoleInput(serial: serial, stop: stop)

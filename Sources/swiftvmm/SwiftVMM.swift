@@ -21,8 +21,9 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm inspect <kernel> [--json]
         """,
         discussion: """
-        <memory> is the guest's RAM: 64m, 1g, 512k, or a bare number of MiB. <kernel> is a 64-bit \
-        ELF kernel (a Linux vmlinux, or the bundled guests/minimal/build/minimal.elf). Every word \
+        <memory> is the guest's RAM: 64m, 1g, 512k, or a bare number of MiB. <kernel> is an ELF \
+        kernel (a Linux vmlinux, 64- or 32-bit, or the bundled guests/minimal/build/minimal.elf) \
+        or a Linux bzImage; docs/boot.md has the entry paths and memory layout. Every word \
         after them that is not a swiftvmm option becomes the guest's command line; words after \
         '--' always do. The guest's serial console (COM1) is this terminal: its output goes to \
         stdout and your keys go to the guest (three Ctrl-C within a second end the VM).
@@ -31,6 +32,8 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm 32m guests/minimal/build/minimal.elf hello
           swiftvmm 32m guests/minimal/build/minimal.elf exit=7; echo $?      # prints 7
           swiftvmm --trace=hypercalls 32m guests/minimal/build/minimal.elf test=hypercalls
+          swiftvmm 64m vmlinux --initrd=initrd.img root=/dev/vda
+          swiftvmm inspect bzImage
           swiftvmm --timeout=5m --expect='Run /init' --console-log=boot.log --report=boot.json \\
                    --quiet 128m vmlinux console=ttyS0
           swiftvmm 64m vmlinux --block=rootfs.ext4 --block=data.img,ro --tunnet=tap0 --rng root=/dev/vda
@@ -140,7 +143,7 @@ struct SwiftVMM: ParsableCommand {
     @Argument(help: ArgumentHelp("Guest RAM: 64m, 1g, 512k, or a number of MiB.", valueName: "memory"))
     var memory: String
 
-    @Argument(help: ArgumentHelp("The kernel: a 64-bit ELF (vmlinux or minimal.elf).", valueName: "kernel"))
+    @Argument(help: ArgumentHelp("The kernel: an ELF (vmlinux, minimal.elf) or a Linux bzImage.", valueName: "kernel"))
     var kernel: String
 
     @Argument(parsing: .allUnrecognized, help: ArgumentHelp("The guest's command line.", valueName: "guest words"))
@@ -262,6 +265,10 @@ struct SwiftVMM: ParsableCommand {
         }
         if verbose {
             Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format), entry \(machine.kernel.entry.name)), command line \"\(machine.kernel.commandLine)\"")
+            if let r = machine.kernel.initrd {
+                Diagnostics.line("swiftvmm: initrd \(initrd ?? "") at \(Diagnostics.hex(r.lowerBound))-\(Diagnostics.hex(r.upperBound - 1)) (\(r.count) bytes)")
+            }
+            for e in machine.kernel.e820 { Diagnostics.line("swiftvmm: e820: \(e)") }
         }
         let result = machine.run()
         let outcome = result.outcome
