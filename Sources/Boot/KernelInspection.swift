@@ -114,50 +114,32 @@ public struct KernelInspection: Sendable {
     /// One JSON object; numbers that are addresses are strings in hex (JSON numbers lose
     /// precision above 2^53), sizes are numbers.
     public var json: String {
-        var fields: [String] = []
-        func str(_ k: String, _ v: String?) { fields.append("\"\(k)\": " + (v.map { jsonString($0) } ?? "null")) }
-        func addr(_ k: String, _ v: UInt64?) { str(k, v.map { Diagnostics.hex($0) }) }
-        str("file", path)
-        str("format", format)
-        fields.append("\"size\": \(size)")
-        str("boot_protocol", bootProtocol)
-        str("kernel_version", kernelVersion)
-        str("compression", compression)
-        addr("load_address", loadAddress)
-        addr("entry32", entry32)
-        addr("entry64", entry64)
-        addr("entry_pvh", entryPVH)
-        let segs = segments.map {
-            "{\"virtual\": \"\(Diagnostics.hex($0.virtualAddress))\", \"physical\": \"\(Diagnostics.hex($0.physicalAddress))\", \"file_size\": \($0.fileSize), \"memory_size\": \($0.memorySize), \"flags\": \"\($0.flags)\"}"
-        }
-        fields.append("\"segments\": [" + segs.joined(separator: ", ") + "]")
-        fields.append("\"physical_addresses_usable\": " + (physicalAddressesUsable.map { $0 ? "true" : "false" } ?? "null"))
-        addr("page_offset", pageOffset)
-        str("page_offset_method", pageOffsetMethod)
-        str("page_offset_error", pageOffsetError)
-        str("problem", problem)
-        return "{" + fields.joined(separator: ", ") + "}"
+        func addr(_ v: UInt64?) -> JSON { .optional(v.map { Diagnostics.hex($0) }) }
+        let object: JSON = .object([
+            ("file", .string(path)),
+            ("format", .string(format)),
+            ("size", .int(Int64(size))),
+            ("boot_protocol", .optional(bootProtocol)),
+            ("kernel_version", .optional(kernelVersion)),
+            ("compression", .optional(compression)),
+            ("load_address", addr(loadAddress)),
+            ("entry32", addr(entry32)),
+            ("entry64", addr(entry64)),
+            ("entry_pvh", addr(entryPVH)),
+            ("segments", .array(segments.map {
+                .object([("virtual", .string(Diagnostics.hex($0.virtualAddress))),
+                         ("physical", .string(Diagnostics.hex($0.physicalAddress))),
+                         ("file_size", .int(Int64($0.fileSize))), ("memory_size", .int(Int64($0.memorySize))),
+                         ("flags", .string("\($0.flags)"))])
+            })),
+            ("physical_addresses_usable", physicalAddressesUsable.map { .bool($0) } ?? .null),
+            ("page_offset", addr(pageOffset)),
+            ("page_offset_method", .optional(pageOffsetMethod)),
+            ("page_offset_error", .optional(pageOffsetError)),
+            ("problem", .optional(problem)),
+        ])
+        return object.serialized(indent: 2)
     }
-}
-
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 {
-                let h = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
 }
 
 extension String {
