@@ -66,6 +66,13 @@ void print(const char *s);
 void print_n(const char *s, size_t n);
 void print_dec(long v);
 void print_hex(u64 v);
+/*
+ * One test result line, "PASS <name>" or "FAIL <name>: <why><value>" (the value
+ * in hex if 'why' ends in "0x", else in decimal); failures are counted in
+ * check_failures, which each test= mode resets and returns.
+ */
+void check(const char *name, bool ok, const char *why, long value);
+extern int check_failures;
 /* The decimal number in s[0..n) (at most 10 digits), or -1 if it is not one. */
 long parse_decimal(const char *s, size_t n);
 

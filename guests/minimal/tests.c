@@ -6,30 +6,6 @@
 #include "lib.h"
 #include "serial.h"
 
-static int failures;
-
-/*
- * One result line.  On failure, 'why' is followed by the value that gave
- * the problem away: in hex if 'why' ends in "0x", else in decimal.
- */
-static void check(const char *name, bool ok, const char *why, long value)
-{
-	size_t n = strlen(why);
-
-	print(ok ? "PASS " : "FAIL ");
-	print(name);
-	if (!ok) {
-		print(": ");
-		print(why);
-		if (n >= 2 && why[n - 2] == '0' && why[n - 1] == 'x')
-			print_hex(value);
-		else
-			print_dec(value);
-		failures++;
-	}
-	print("\n");
-}
-
 /*
  * The UART checks.  Nothing is printed while DLAB or loopback is on (the
  * bytes would land in the divisor latch or loop back to us), so each check
@@ -175,11 +151,11 @@ static void test_interrupt(void)
 
 int test_serial(void)
 {
-	failures = 0;
+	check_failures = 0;
 	test_registers();
 	test_loopback();
 	test_interrupt();
-	return failures;
+	return check_failures;
 }
 
 static bool all_zero(const u8 *p, size_t n)
@@ -215,7 +191,7 @@ int test_hypercalls(void)
 		print("FAIL hypercalls: no hypercall page\n");
 		return 1;
 	}
-	failures = 0;
+	check_failures = 0;
 
 	check("hypercall-info", hypercall_info.abi_version == 1 && hypercall_info.nr_slots == 127,
 	      "ABI version, slots 0x",
@@ -278,5 +254,5 @@ int test_hypercalls(void)
 		page[0] = before;
 	check("hypercall-readonly", after == before, "byte at 0x2000 changed to 0x", after);
 
-	return failures;
+	return check_failures;
 }

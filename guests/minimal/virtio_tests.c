@@ -6,26 +6,7 @@
 #include "pci.h"
 #include "virtio.h"
 
-/* One check line, as in tests.c: a "why" ending in "0x" prints hex. */
-static int failures;
 
-static void check(const char *name, bool ok, const char *why, long value)
-{
-	size_t n = strlen(why);
-
-	print(ok ? "PASS " : "FAIL ");
-	print(name);
-	if (!ok) {
-		print(": ");
-		print(why);
-		if (n >= 2 && why[n - 2] == '0' && why[n - 1] == 'x')
-			print_hex(value);
-		else
-			print_dec(value);
-		failures++;
-	}
-	print("\n");
-}
 
 /* Queue memory and request buffers, shared by the tests (one at a time). */
 static struct virtq_mem qmem[2];
@@ -188,7 +169,7 @@ int test_blk(void)
 	volatile unsigned *count;
 	const char *irq_check;
 
-	failures = 0;
+	check_failures = 0;
 	if (!find_blk(false)) {
 		print("FAIL blk: no writable virtio-blk device\n");
 		return 1;
@@ -197,7 +178,7 @@ int test_blk(void)
 	if (irq < 0) {
 		check("blk-init", false, "device status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
-		return failures;
+		return check_failures;
 	}
 	cap = blk_capacity();
 	check("blk-init", cap >= 16, "capacity (sectors) below 16: ", cap);
@@ -262,7 +243,7 @@ int test_blk(void)
 		print("'\n");
 	}
 	virtio_reset(&dev);
-	return failures;
+	return check_failures;
 }
 
 int test_blk_ro(void)
@@ -270,16 +251,16 @@ int test_blk_ro(void)
 	long bad;
 	int st;
 
-	failures = 0;
+	check_failures = 0;
 	if (!find_blk(true)) {
 		check("blk-ro-feature", false, "no virtio-blk device offers VIRTIO_BLK_F_RO, found ",
 		      virtio_probe(&dev, VIRTIO_ID_BLK, 0) ? 1 : 0);
-		return failures;
+		return check_failures;
 	}
 	if (blk_start(VIRTIO_BLK_F_RO, IRQ_NONE) < 0) {
 		check("blk-ro-feature", false, "device status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
-		return failures;
+		return check_failures;
 	}
 	check("blk-ro-feature", true, "", 0);
 
@@ -302,7 +283,7 @@ int test_blk_ro(void)
 	else
 		check("blk-ro-unchanged", bad < 0, "first wrong byte at offset ", bad);
 	virtio_reset(&dev);
-	return failures;
+	return check_failures;
 }
 
 /* Two 64-byte requests: some bytes back each time, not all zero, not equal. */
@@ -314,7 +295,7 @@ int test_rng(void)
 	bool nonzero = false;
 	int r = VQ_DONE;
 
-	failures = 0;
+	check_failures = 0;
 	pic_setup(0xff);
 	if (!virtio_probe(&dev, VIRTIO_ID_RNG, 0)) {
 		print("FAIL rng: no virtio-rng device\n");
@@ -323,7 +304,7 @@ int test_rng(void)
 	if (!virtio_negotiate(&dev, 0, 0) || !virtq_setup(&dev, &vq, 0, &qmem[0], VIRTIO_NO_VECTOR)) {
 		check("rng-read", false, "device set-up failed, status 0x", virtio_status(&dev));
 		virtio_reset(&dev);
-		return failures;
+		return check_failures;
 	}
 	virtio_driver_ok(&dev);
 	for (int i = 0; i < 2 && r == VQ_DONE; i++) {
@@ -342,7 +323,7 @@ int test_rng(void)
 		check("rng-read", nonzero && memcmp(r1, r2, len[0] < len[1] ? len[0] : len[1]),
 		      "all zero or repeated, first byte 0x", r1[0]);
 	virtio_reset(&dev);
-	return failures;
+	return check_failures;
 }
 
 /*
@@ -431,7 +412,7 @@ int test_virtio_abuse(void)
 	long bad;
 	int st;
 
-	failures = 0;
+	check_failures = 0;
 	if (!find_blk(false)) {
 		print("FAIL virtio-abuse: no writable virtio-blk device\n");
 		return 1;
@@ -452,5 +433,5 @@ int test_virtio_abuse(void)
 			check("abuse-recovered", bad < 0, "first wrong byte at offset ", bad);
 	}
 	virtio_reset(&dev);
-	return failures;
+	return check_failures;
 }
