@@ -61,6 +61,35 @@ struct ExitContractTests {
         #expect(r.status == 124, "\(r.stderr)")
     }
 
+    @Test("SIGTERM, SIGINT and SIGHUP end a running guest cleanly with 143, 130 and 129",
+          arguments: [(SIGTERM, Int32(143)), (SIGINT, Int32(130)), (SIGHUP, Int32(129))])
+    func signals(signal: Int32, code: Int32) throws {
+        try requireKVMAndGuest()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Repo.swiftvmm)
+        process.arguments = ["--timeout=60s", "32m", Repo.minimalGuest, "say=running", "hang=spin"]
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Wait until the guest runs (its line is on stdout), then signal swiftvmm.
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(30)
+        while !String(decoding: seen, as: UTF8.self).contains("running") && Date() < deadline {
+            seen.append(out.fileHandleForReading.availableData)
+        }
+        kill(process.processIdentifier, signal)
+        let stopBy = Date().addingTimeInterval(20)
+        while process.isRunning && Date() < stopBy { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit, "killed by a signal instead of exiting")
+        #expect(process.terminationStatus == code)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(stderr.contains("interrupted by signal \(signal)"), "\(stderr)")
+    }
+
     @Test("guest faults the VMM cannot continue from: triple fault and emulation failure give 71")
     func guestFaults() throws {
         let triple = try bootMinimal(["fault=triple"])
