@@ -41,6 +41,18 @@ public enum LongMode {
     /// Special registers for long mode, starting from the vCPU's reset state.
     public static func sregs(from reset: kvm_sregs) -> kvm_sregs {
         var s = reset
+        flatSegments(into: &s, longMode: true, gdtEntries: gdtEntries.count, tssLimit: 0xFFFF)
+        s.cr0 = 0x8005_0033          // PG | WP | NE | ET | MP | PE
+        s.cr3 = BootLayout.pml4
+        s.cr4 = 0x20                 // PAE
+        s.efer = 0x500               // LME | LMA
+        return s
+    }
+
+    /// The segment state both entry modes share: flat 4 GiB code at __BOOT_CS (64-bit or
+    /// 32-bit), data at __BOOT_DS in every data register, a busy TSS (VT-x wants a usable TR),
+    /// the GDT at its address, and an empty IDT (the kernel installs its own).
+    static func flatSegments(into s: inout kvm_sregs, longMode: Bool, gdtEntries count: Int, tssLimit: UInt32) {
         var code = kvm_segment()
         code.base = 0
         code.limit = 0xFFFF_FFFF
@@ -48,9 +60,9 @@ public enum LongMode {
         code.type = 0xB              // execute/read, accessed
         code.present = 1
         code.dpl = 0
-        code.db = 0
+        code.db = longMode ? 0 : 1
         code.s = 1
-        code.l = 1
+        code.l = longMode ? 1 : 0
         code.g = 1
         var data = code
         data.selector = dataSelector
@@ -59,21 +71,16 @@ public enum LongMode {
         data.l = 0
         var tss = kvm_segment()
         tss.selector = tssSelector
-        tss.limit = 0xFFFF
-        tss.type = 0xB               // busy 64-bit TSS
+        tss.limit = tssLimit
+        tss.type = 0xB               // busy TSS
         tss.present = 1
         s.cs = code
         s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
         s.tr = tss
         s.gdt.base = BootLayout.gdt
-        s.gdt.limit = UInt16(gdtEntries.count * 8 - 1)
+        s.gdt.limit = UInt16(count * 8 - 1)
         s.idt.base = BootLayout.idt
         s.idt.limit = 0
-        s.cr0 = 0x8005_0033          // PG | WP | NE | ET | MP | PE
-        s.cr3 = BootLayout.pml4
-        s.cr4 = 0x20                 // PAE
-        s.efer = 0x500               // LME | LMA
-        return s
     }
 
     /// General registers: RIP at the entry, RSI pointing at boot_params, interrupts off.

@@ -24,32 +24,7 @@ public enum ProtectedMode {
 
     public static func sregs(from reset: kvm_sregs) -> kvm_sregs {
         var s = reset
-        var code = kvm_segment()
-        code.base = 0
-        code.limit = 0xFFFF_FFFF
-        code.selector = LongMode.codeSelector
-        code.type = 0xB              // execute/read, accessed
-        code.present = 1
-        code.dpl = 0
-        code.db = 1
-        code.s = 1
-        code.l = 0
-        code.g = 1
-        var data = code
-        data.selector = LongMode.dataSelector
-        data.type = 0x3              // read/write, accessed
-        var tss = kvm_segment()
-        tss.selector = LongMode.tssSelector
-        tss.limit = 0x67
-        tss.type = 0xB               // busy 32-bit TSS
-        tss.present = 1
-        s.cs = code
-        s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
-        s.tr = tss
-        s.gdt.base = BootLayout.gdt
-        s.gdt.limit = UInt16(gdtEntries.count * 8 - 1)
-        s.idt.base = BootLayout.idt
-        s.idt.limit = 0
+        LongMode.flatSegments(into: &s, longMode: false, gdtEntries: gdtEntries.count, tssLimit: 0x67)
         s.cr0 = 0x11                 // PE | ET
         s.cr3 = 0
         s.cr4 = 0
