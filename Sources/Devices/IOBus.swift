@@ -40,12 +40,15 @@ public enum BusError: Error, CustomStringConvertible {
 public final class IOBus: @unchecked Sendable {
     public let name: String
 
+    /// A device's range. The device is held unretained so that copying an entry on the hot
+    /// path costs no reference counting; `owners` keeps every device alive.
     @usableFromInline
     struct Entry {
         @usableFromInline let base: UInt64
         @usableFromInline let length: UInt64
-        @usableFromInline let device: BusDevice
+        @usableFromInline let device: Unmanaged<BusDevice>
     }
+    private var owners: [BusDevice] = []
 
     // Written only while the machine is assembled, before any vCPU runs; read without the
     // runtime's exclusivity bookkeeping, which would otherwise cost more than the lookup.
@@ -75,10 +78,11 @@ public final class IOBus: @unchecked Sendable {
 
     public func register(_ device: BusDevice, at base: UInt64, length: UInt64) throws(BusError) {
         for e in entries where base < e.base + e.length && e.base < base + length {
-            throw .overlap(new: device.name, existing: e.device.name, address: base)
+            throw .overlap(new: device.name, existing: e.device.takeUnretainedValue().name, address: base)
         }
         let i = entries.firstIndex { $0.base > base } ?? entries.endIndex
-        entries.insert(Entry(base: base, length: length, device: device), at: i)
+        owners.append(device)
+        entries.insert(Entry(base: base, length: length, device: Unmanaged.passUnretained(device)), at: i)
         if let table = portTable {
             precondition(entries.count < 255, "more port devices than the port table can index")
             table.update(repeating: 0, count: Self.portCount)
@@ -89,10 +93,12 @@ public final class IOBus: @unchecked Sendable {
         }
     }
 
-    /// The device serving `address` and the offset into its range, or nil.
-    /// Inlinable so the vCPU loop in another module pays no call for it.
+    /// The device serving `address` and the offset into its range, or nil. The device comes
+    /// unretained (the bus keeps it alive for the VM's lifetime): call it through
+    /// `_withUnsafeGuaranteedRef` and the vCPU loop does no reference counting per exit.
+    /// Inlinable so that loop, in another module, pays no call for the lookup either.
     @inlinable @inline(__always)
-    public func lookup(_ address: UInt64) -> (device: BusDevice, offset: UInt64)? {
+    public func find(_ address: UInt64) -> (device: Unmanaged<BusDevice>, offset: UInt64)? {
         if let table = portTable {
             guard address < UInt64(Self.portCount) else { return nil }
             let index = Int(table[Int(address)])
@@ -116,8 +122,13 @@ public final class IOBus: @unchecked Sendable {
         return nil
     }
 
+    /// `find` with a strong reference, for everything off the hot path.
+    public func lookup(_ address: UInt64) -> (device: BusDevice, offset: UInt64)? {
+        find(address).map { ($0.device.takeUnretainedValue(), $0.offset) }
+    }
+
     /// All registered devices with their ranges, for reports and `--verbose`.
     public var devices: [(base: UInt64, length: UInt64, device: BusDevice)] {
-        entries.map { ($0.base, $0.length, $0.device) }
+        entries.map { ($0.base, $0.length, $0.device.takeUnretainedValue()) }
     }
 }

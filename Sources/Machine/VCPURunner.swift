@@ -126,19 +126,21 @@ final class VCPURunner: @unchecked Sendable {
         if port == hypercallPort && isWrite && size == 4 && count == 1 {
             return handleHypercall(number: UInt64(data.loadUnaligned(as: UInt32.self)), fd)
         }
-        if let (device, offset) = ports.lookup(UInt64(port)) {
-            for i in 0..<count {
-                let p = data + i * size
-                if isWrite {
-                    let value = loadLittleEndian(p, size)
-                    device.writes.wrappingAdd(1, ordering: .relaxed)
-                    device.write(offset: offset, size: size, value: value)
-                    if traceIO { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
-                } else {
-                    device.reads.wrappingAdd(1, ordering: .relaxed)
-                    let value = device.read(offset: offset, size: size)
-                    storeLittleEndian(value, p, size)
-                    if traceIO { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
+        if let (unretained, offset) = ports.find(UInt64(port)) {
+            unretained._withUnsafeGuaranteedRef { device in
+                for i in 0..<count {
+                    let p = data + i * size
+                    if isWrite {
+                        let value = loadLittleEndian(p, size)
+                        device.writes.wrappingAdd(1, ordering: .relaxed)
+                        device.write(offset: offset, size: size, value: value)
+                        if traceIO { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
+                    } else {
+                        device.reads.wrappingAdd(1, ordering: .relaxed)
+                        let value = device.read(offset: offset, size: size)
+                        storeLittleEndian(value, p, size)
+                        if traceIO { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
+                    }
                 }
             }
             // A device may have just ended the run (a reset, debug-exit, a panic line on the
@@ -194,17 +196,19 @@ final class VCPURunner: @unchecked Sendable {
         let size = Int(skvm_mmio_length(run))
         let data = UnsafeMutableRawPointer(skvm_mmio_data(run)!)
         let isWrite = skvm_mmio_is_write(run) != 0
-        if let (device, offset) = mmio.lookup(address) {
-            if isWrite {
-                device.writes.wrappingAdd(1, ordering: .relaxed)
-                device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
-            } else {
-                device.reads.wrappingAdd(1, ordering: .relaxed)
-                storeLittleEndian(device.read(offset: offset, size: size), data, size)
-            }
-            if traceIO {
-                traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
-                            value: loadLittleEndian(data, size), device: device)
+        if let (unretained, offset) = mmio.find(address) {
+            unretained._withUnsafeGuaranteedRef { device in
+                if isWrite {
+                    device.writes.wrappingAdd(1, ordering: .relaxed)
+                    device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
+                } else {
+                    device.reads.wrappingAdd(1, ordering: .relaxed)
+                    storeLittleEndian(device.read(offset: offset, size: size), data, size)
+                }
+                if traceIO {
+                    traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
+                                value: loadLittleEndian(data, size), device: device)
+                }
             }
             return !stop.stopping.load(ordering: .relaxed)
         }
