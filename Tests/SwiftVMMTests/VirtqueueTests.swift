@@ -320,21 +320,9 @@ struct VirtqueueTests {
         #expect(try !q.pop(into: &chain))
     }
 
-    /// SplitMix64: a fixed seed makes a failure reproducible.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test("random garbage rings: every chain either throws or yields buffers wholly inside guest RAM")
     func randomRings() throws {
-        var rng = SeededGenerator(state: 0x5356_4D4D)
+        var rng = SeededRandom(seed: 0x5356_4D4D)   // fixed seed: a failure is reproducible
         var r = try RingBuilder(size: 16)
         let ramEnd = r.memory.size
         let q = try r.queue()
