@@ -76,19 +76,22 @@ public final class Console: @unchecked Sendable {
         var offset = 0
         var first = true
         while offset < bytes.count {
-            let (taken, threaded) = lock.withLock { _ -> (Int, Bool) in
+            let (taken, threaded, wake) = lock.withLock { _ -> (Int, Bool, Bool) in
                 if first, let monitor { for byte in bytes { monitor.feed(byte) } }
                 guard self.threaded else {
                     if !quiet { Self.writeAll(fd, base, bytes.count) }
                     if let logFD { Self.writeAll(logFD, base, bytes.count) }
-                    return (bytes.count, false)
+                    return (bytes.count, false, false)
                 }
-                return (ring.append(base + offset, bytes.count - offset), true)
+                // The output thread drains everything it finds, so it needs waking only when
+                // the backlog goes from empty to not: one syscall per burst, not per byte.
+                let wasEmpty = ring.count == 0
+                return (ring.append(base + offset, bytes.count - offset), true, wasEmpty)
             }
             first = false
             offset += taken
             guard threaded else { return }
-            signalEventFD(dataReady)
+            if wake { signalEventFD(dataReady) }
             if offset < bytes.count {
                 // The backlog is full: wait for the output thread to make room.
                 var pfd = pollfd(fd: roomReady, events: Int16(POLLIN), revents: 0)
