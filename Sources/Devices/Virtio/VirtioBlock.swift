@@ -74,6 +74,20 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// A driver that did not accept FLUSH treats the disk as write-through (Linux's
+    /// virtio_blk then never sends a flush), so every completed write must already be on
+    /// stable storage: fdatasync before reporting it. Set when the driver starts the device,
+    /// under the transport's processing lock, like the requests that read it.
+    private var writeThrough = false
+
+    public override func activate(features: UInt64) {
+        writeThrough = features & Self.featureFlush == 0
+    }
+
+    public override func reset() {
+        writeThrough = false
+    }
+
     // MARK: Configuration (struct virtio_blk_config)
 
     public override var configSize: Int { 60 }
@@ -166,11 +180,12 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             }
             guard let offset = checkRange(sector: sector, bytes: dataOut, what: "write") else { return (Self.statusIOError, 0) }
             var pos = offset
-            let ok = chain.forEachPiece(writable: false, from: 16, count: dataOut) { p, n in
+            var ok = chain.forEachPiece(writable: false, from: 16, count: dataOut) { p, n in
                 let r = fullPwrite(p, n, pos)
                 pos += UInt64(n)
                 return r
             }
+            if ok && writeThrough { ok = fdatasync(fd) == 0 }
             return (ok ? Self.statusOK : Self.statusIOError, 0)
         case Self.typeFlush:
             if readOnly { return (Self.statusOK, 0) }
