@@ -40,6 +40,7 @@
 #define SECTOR		512
 
 #define VIRTIO_BLK_F_RO		(1ULL << 5)
+#define VIRTIO_BLK_F_FLUSH	(1ULL << 9)
 #define VIRTIO_BLK_T_IN		0
 #define VIRTIO_BLK_T_OUT	1
 
@@ -134,7 +135,13 @@ static void bench_blk(bool write, long total, long reqsize, long qd)
 		if (!write || !(dev.offered & VIRTIO_BLK_F_RO))
 			break;
 	}
-	if (!virtio_negotiate(&dev, 0, 0) ||
+	/*
+	 * FLUSH, as Linux's driver takes it: a driver without it must be given
+	 * a write-through disk (QEMU then syncs every write), one with it gets
+	 * the host's write-back cache and flushes when it wants durability.
+	 * The benchmark never flushes.
+	 */
+	if (!virtio_negotiate(&dev, VIRTIO_BLK_F_FLUSH, 0) ||
 	    !virtq_setup_mem(&dev, &vq, 0, &ring[0], BENCH_RING, VIRTIO_NO_VECTOR))
 		fail("virtio-blk set-up failed, status ", virtio_status(&dev));
 	if (vq.size < 3 * qd)
