@@ -11,6 +11,9 @@ struct BenchModeTests {
     func expectClean(_ r: RunResult, _ what: String) {
         #expect(r.status == 0, "\(what): exit \(r.status)\nstdout: \(r.stdout)\nstderr: \(r.stderr)")
         #expect(!r.stdout.contains("bench:"), "\(what): \(r.stdout)")
+        // The mode times its transfer itself; the harness reads this line.
+        let ticks = r.lines.filter { $0.hasPrefix("bench-ticks: ") }.compactMap { Int($0.dropFirst(13)) }
+        #expect(ticks.count == 1 && ticks[0] > 0, "\(what): \(r.stdout)")
     }
 
     @Test("blk-read: 4 KiB at queue depth 1, and 4 MiB round a 2 MiB disk twice at depth 32")
