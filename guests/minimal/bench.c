@@ -7,6 +7,9 @@
  *   bench=pio:N        N one-byte writes to port 0x80 (an exit each, nobody home)
  *   bench=hypercall:N  N no-op hypercalls (swiftvmm only)
  *   bench=serial:N     N bytes to COM1, polled as a 16550A driver does it
+ *
+ * The virtio modes (bench=blk-read:..., blk-write, net-tx, net-rx) are in
+ * bench_virtio.c.
  */
 #include "hypercall.h"
 #include "lib.h"
@@ -66,5 +69,5 @@ bool run_bench_word(const char *w, size_t n)
 		modes[i].run(count);
 		return true;
 	}
-	return false;
+	return run_bench_virtio_word(w, n);
 }

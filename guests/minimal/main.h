@@ -7,4 +7,6 @@ bool word_is(const char *w, size_t n, const char *s);
 bool run_ci_word(const char *w, size_t n);
 /* bench.c: the benchmark modes (bench=...); true if the word was one of them. */
 bool run_bench_word(const char *w, size_t n);
+/* bench_virtio.c: the blk-* and net-* modes */
+bool run_bench_virtio_word(const char *w, size_t n);
 #endif

@@ -197,14 +197,21 @@ bool virtio_negotiate(struct virtio_dev *d, u64 wanted, u64 required)
 }
 
 /*
- * The queue size we use is the device's maximum capped at VIRTQ_MAX; both
+ * The queue size we use is the device's maximum capped at our limit; both
  * are powers of two, as a split queue's size must be.
  */
 bool virtq_setup(struct virtio_dev *d, struct virtq *vq, u16 index,
 		 struct virtq_mem *mem, u16 vector)
 {
-	u16 max, size = VIRTQ_MAX;
-	u64 desc = (u64)mem->desc, avail = (u64)&mem->avail, used = (u64)&mem->used;
+	return virtq_setup_mem(d, vq, index, mem, VIRTQ_MAX, vector);
+}
+
+bool virtq_setup_rings(struct virtio_dev *d, struct virtq *vq, u16 index,
+		       struct virtq_desc *descs, struct virtq_avail *avails,
+		       struct virtq_used *useds, u16 limit, u16 vector)
+{
+	u16 max, size = limit;
+	u64 desc = (u64)descs, avail = (u64)avails, used = (u64)useds;
 
 	cc_write16(d, CC_Q_SELECT, index);
 	max = cc_read16(d, CC_Q_SIZE);
@@ -218,11 +225,15 @@ bool virtq_setup(struct virtio_dev *d, struct virtq *vq, u16 index,
 	}
 	while (size > max)
 		size >>= 1;
-	memset(mem, 0, sizeof(*mem));
+	memset(descs, 0, size * sizeof(*descs));
+	memset(avails, 0, 6 + 2 * size);
+	memset(useds, 0, 6 + 8 * size);
 	vq->index = index;
 	vq->size = size;
 	vq->next_avail = vq->last_used = 0;
-	vq->mem = mem;
+	vq->desc = descs;
+	vq->avail = avails;
+	vq->used = useds;
 	vq->notify = (volatile u16 *)(d->notify_base +
 				      cc_read16(d, CC_Q_NOFF) * d->notify_mult);
 	cc_write16(d, CC_Q_SIZE, size);
@@ -359,13 +370,11 @@ void virtio_driver_ok(struct virtio_dev *d)
  * a slot not yet written.  x86 keeps stores in order; the compiler barrier
  * keeps gcc from reordering them.
  */
-static void offer(struct virtq *vq, u16 head)
+void virtq_offer(struct virtq *vq, u16 head)
 {
-	struct virtq_mem *m = vq->mem;
-
-	m->avail.ring[vq->next_avail & (vq->size - 1)] = head;
+	vq->avail->ring[vq->next_avail & (vq->size - 1)] = head;
 	asm volatile("" : : : "memory");
-	m->avail.idx = ++vq->next_avail;
+	vq->avail->idx = ++vq->next_avail;
 	asm volatile("" : : : "memory");
 }
 
@@ -378,13 +387,13 @@ void virtq_notify(struct virtq *vq)
 
 void virtq_push(struct virtq *vq, u16 head)
 {
-	offer(vq, head);
+	virtq_offer(vq, head);
 	virtq_notify(vq);
 }
 
 void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
 {
-	struct virtq_desc *desc = vq->mem->desc;
+	struct virtq_desc *desc = vq->desc;
 
 	for (int i = 0; i < n; i++) {
 		struct virtq_desc *dd = &desc[first + i];
@@ -395,7 +404,7 @@ void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
 			    (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0);
 		dd->next = i + 1 < n ? first + i + 1 : 0;
 	}
-	offer(vq, first);
+	virtq_offer(vq, first);
 }
 
 void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
@@ -406,16 +415,15 @@ void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n)
 
 bool virtq_poll(struct virtq *vq, u32 *id, u32 *len)
 {
-	struct virtq_mem *m = vq->mem;
 	u16 slot;
 
-	if (m->used.idx == vq->last_used)
+	if (vq->used->idx == vq->last_used)
 		return false;
 	/* Read the entry only after seeing the index that covers it. */
 	asm volatile("" : : : "memory");
 	slot = vq->last_used++ & (vq->size - 1);
-	*id = m->used.ring[slot].id;
-	*len = m->used.ring[slot].len;
+	*id = vq->used->ring[slot].id;
+	*len = vq->used->ring[slot].len;
 	return true;
 }
 

@@ -34,31 +34,50 @@ struct virtq_desc {
 	u16 next;
 };
 
-/* We never offer more than this many entries per queue. */
+/* The tests never use more than this many entries per queue. */
 #define VIRTQ_MAX	16
 
 /*
- * The three parts of a split virtqueue, each aligned beyond what the spec
- * asks (16 for the table, 2 for the driver area, 4 for the device area).
- * The device writes only the used ring.
+ * The device-facing halves of a split virtqueue: the driver area (avail)
+ * and the device area (used).  Sized at run time; the spec puts a u16
+ * event field after each ring, which we leave alone (no EVENT_IDX).
  */
-struct virtq_mem {
-	struct virtq_desc desc[VIRTQ_MAX];
-	struct {
-		u16 flags, idx, ring[VIRTQ_MAX], used_event;
-	} avail __attribute__((aligned(64)));
-	struct {
-		u16 flags;
-		volatile u16 idx;
-		struct { u32 id, len; } ring[VIRTQ_MAX];
-		u16 avail_event;
-	} used __attribute__((aligned(64)));
-} __attribute__((aligned(4096)));
+struct virtq_avail {
+	u16 flags, idx, ring[];
+};
+
+struct virtq_used {
+	u16 flags;
+	volatile u16 idx;
+	struct { u32 id, len; } ring[];
+};
+
+/*
+ * The three parts of a split virtqueue of n entries, each aligned beyond
+ * what the spec asks (16 for the table, 2 for the driver area, 4 for the
+ * device area).  The device writes only the used ring.
+ */
+#define VIRTQ_LAYOUT(n) {						\
+	struct virtq_desc desc[n];					\
+	struct {							\
+		u16 flags, idx, ring[n], used_event;			\
+	} avail __attribute__((aligned(64)));				\
+	struct {							\
+		u16 flags;						\
+		volatile u16 idx;					\
+		struct { u32 id, len; } ring[n];			\
+		u16 avail_event;					\
+	} used __attribute__((aligned(64)));				\
+} __attribute__((aligned(4096)))
+
+struct virtq_mem VIRTQ_LAYOUT(VIRTQ_MAX);
 
 struct virtq {
 	u16 index, size;		/* queue number; entries in use */
 	u16 next_avail, last_used;	/* our copies of avail.idx and used.idx */
-	struct virtq_mem *mem;
+	struct virtq_desc *desc;
+	struct virtq_avail *avail;
+	struct virtq_used *used;
 	volatile u16 *notify;
 };
 
@@ -114,6 +133,16 @@ bool virtio_negotiate(struct virtio_dev *d, u64 wanted, u64 required);
 bool virtq_setup(struct virtio_dev *d, struct virtq *vq, u16 index,
 		 struct virtq_mem *mem, u16 vector);
 
+/* The same on rings of our own of 'limit' entries (a power of two);
+ * virtq_setup_mem(d, vq, index, &m, n, vector) for a VIRTQ_LAYOUT(n) m. */
+bool virtq_setup_rings(struct virtio_dev *d, struct virtq *vq, u16 index,
+		       struct virtq_desc *desc, struct virtq_avail *avail,
+		       struct virtq_used *used, u16 limit, u16 vector);
+#define virtq_setup_mem(d, vq, index, m, n, vector)			\
+	virtq_setup_rings(d, vq, index, (m)->desc,			\
+			  (struct virtq_avail *)&(m)->avail,		\
+			  (struct virtq_used *)&(m)->used, n, vector)
+
 /* Program MSI-X table entry 0 for VIRTIO_MSIX_VECTOR and enable MSI-X. */
 bool virtio_msix_enable(struct virtio_dev *d);
 
@@ -125,7 +154,9 @@ u8 virtio_status(struct virtio_dev *d);
  * also notifies the device. */
 void virtq_add(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
 void virtq_submit(struct virtq *vq, u16 first, const struct vbuf *bufs, int n);
-/* Offer an already built chain starting at descriptor 'head', notify. */
+/* Offer an already built chain starting at descriptor 'head'; push also
+ * notifies.  Offering many and notifying once saves exits. */
+void virtq_offer(struct virtq *vq, u16 head);
 void virtq_push(struct virtq *vq, u16 head);
 void virtq_notify(struct virtq *vq);
 
