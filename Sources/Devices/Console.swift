@@ -59,7 +59,7 @@ public final class Console: @unchecked Sendable {
         lock.withLock { _ in closing = true }
         signalEventFD(dataReady)
         let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-        while !writerDone.load(ordering: .acquiring) && monotonicNanoseconds() < deadline { usleep(1000) }
+        while !writerDone.load(ordering: .acquiring) && monotonicNanoseconds() < deadline { usleep(50) }
         if writerDone.load(ordering: .acquiring) { writer.join() }
         self.writer = nil
     }

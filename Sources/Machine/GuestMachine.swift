@@ -244,14 +244,13 @@ public final class GuestMachine: @unchecked Sendable {
         // one about to enter, the signal one already inside. Kick again until it is out: an
         // application processor still waiting for SIPI blocks inside KVM_RUN before KVM looks
         // at immediate_exit, so a signal that lands just before it blocks would be lost.
-        var kicks = 0
-        while runners.contains(where: { !$0.finished.load(ordering: .acquiring) }) && kicks < 2000 {
+        let kickDeadline = monotonicNanoseconds() + 2_000_000_000
+        while runners.contains(where: { !$0.finished.load(ordering: .acquiring) }) && monotonicNanoseconds() < kickDeadline {
             for (runner, thread) in zip(runners, threads) where !runner.finished.load(ordering: .acquiring) {
                 runner.vcpu.requestImmediateExit()
                 thread.signal(Self.kickSignal)
             }
-            kicks += 1
-            usleep(1000)
+            usleep(100)
         }
         for (runner, thread) in zip(runners, threads) {
             if runner.finished.load(ordering: .acquiring) {
