@@ -23,7 +23,6 @@ final class VCPURunner: @unchecked Sendable {
     let memory: GuestMemory
     let hypercalls: HypercallHandler
     let stop: StopController
-    let trace: TraceOptions
     // The trace switches as plain Bools, read once per exit without calls into Lifecycle.
     let traceExits: Bool
     let traceIO: Bool
@@ -52,7 +51,6 @@ final class VCPURunner: @unchecked Sendable {
         self.memory = memory
         self.hypercalls = hypercalls
         self.stop = stop
-        self.trace = trace
         traceExits = trace.contains(.exits)
         traceIO = trace.contains(.io)
         traceHypercalls = trace.contains(.hypercalls)

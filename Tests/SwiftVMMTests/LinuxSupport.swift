@@ -44,10 +44,13 @@ struct ConsoleWatch {
 /// Run swiftvmm, read its stdout as it comes (serial line ends, CRLF, read as \\n), and stop it with SIGTERM once every one of
 /// `patterns` has appeared in the output (or after `timeout` seconds). A kernel booting under
 /// emulation is slow: the test takes what it needs and does not wait for the rest.
-func watchVMM(_ arguments: [String], until patterns: [String], timeout: TimeInterval) throws -> ConsoleWatch {
+/// `launcher` runs swiftvmm through another command (e.g. `ip netns exec NS`).
+func watchVMM(_ arguments: [String], until patterns: [String], timeout: TimeInterval,
+              launcher: [String] = []) throws -> ConsoleWatch {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: Repo.swiftvmm)
-    process.arguments = arguments
+    let command = launcher + [Repo.swiftvmm] + arguments
+    process.executableURL = URL(fileURLWithPath: command[0])
+    process.arguments = Array(command.dropFirst())
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err

@@ -32,34 +32,8 @@ struct LinuxVirtioTests {
     /// Run swiftvmm until the kernel prints `until` (then stop it with SIGTERM, which makes it
     /// print its --verbose counters) or `timeout` seconds pass.
     func boot(_ arguments: [String], launcher: [String], until: String, timeout: TimeInterval) throws -> RunResult {
-        let process = Process()
-        let command = launcher + [Repo.swiftvmm] + arguments
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        final class Box: @unchecked Sendable {
-            let lock = NSLock()
-            var data = Data()
-            func append(_ d: Data) { lock.lock(); data.append(d); lock.unlock() }
-            var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
-        }
-        let stdout = Box(), stderr = Box()
-        out.fileHandleForReading.readabilityHandler = { stdout.append($0.availableData) }
-        err.fileHandleForReading.readabilityHandler = { stderr.append($0.availableData) }
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline && !stdout.text.contains(until) { usleep(200_000) }
-        let sawMarker = stdout.text.contains(until)
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        usleep(200_000)
-        out.fileHandleForReading.readabilityHandler = nil
-        err.fileHandleForReading.readabilityHandler = nil
-        if !sawMarker { Issue.record("'\(until)' did not appear within \(timeout) s:\n\(stdout.text.suffix(3000))\n\(stderr.text)") }
-        return RunResult(status: process.terminationStatus, stdout: stdout.text, stderr: stderr.text)
+        let w = try watchVMM(arguments, until: [until], timeout: timeout, launcher: launcher)
+        return RunResult(status: w.status, stdout: w.output, stderr: w.stderr)
     }
 
     @Test("PCI IDs, MSI-X, vda/vdb with their sizes, vdb read-only, virtio-net with the given MAC, the hwrng")
