@@ -160,9 +160,12 @@ bool virtio_probe(struct virtio_dev *d, u16 type, int nth)
  */
 void virtio_reset(struct virtio_dev *d)
 {
+	u64 deadline;
+
 	cc_write8(d, CC_STATUS, 0);
-	for (int i = 0; i < 100000 && d->common[CC_STATUS]; i++)
-		;
+	for (deadline = rdtsc() + (1ULL << 33);
+	     d->common[CC_STATUS] && rdtsc() < deadline;)
+		asm volatile("pause");
 }
 
 bool virtio_negotiate(struct virtio_dev *d, u64 wanted, u64 required)

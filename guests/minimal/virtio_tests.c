@@ -192,8 +192,12 @@ int test_blk(void)
 	before = *count;
 	memset(blk_buf, 0, sizeof(blk_buf));
 	st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, 8 * SECTOR, true);
-	for (int i = 0; i < 100000 && irq != IRQ_NONE && *count == before; i++)
-		asm volatile("sti; nop; cli" : : : "memory");
+	/* The device thread raises the interrupt after it fills the used ring,
+	 * and on a loaded host it can be descheduled in between: wait on the
+	 * clock (about 2^33 TSC ticks), not on a loop count. */
+	for (u64 deadline = rdtsc() + (1ULL << 33);
+	     irq != IRQ_NONE && *count == before && rdtsc() < deadline;)
+		asm volatile("sti; nop; cli; pause" : : : "memory");
 	if (st != VIRTIO_BLK_S_OK)
 		check_status(irq_check, st, VIRTIO_BLK_S_OK);
 	else if (irq == IRQ_NONE)
