@@ -14,6 +14,7 @@
 #include <string.h>
 #include <signal.h>
 #include <errno.h>
+#include <sys/syscall.h>
 
 // ---- ioctl numbers -------------------------------------------------------------------
 // /dev/kvm
@@ -104,6 +105,22 @@ static inline int skvm_ioctl_ptr(int fd, unsigned long request, void *arg) {
     return ioctl(fd, request, arg);
 }
 
+// KVM_RUN as a bare system call, for the vCPU loop: glibc's ioctl() is a variadic call
+// through the PLT that stores errno; this is the one syscall instruction. Returns 0, or
+// -errno on failure (EINTR when kicked).
+static inline long skvm_run_vcpu(int fd) {
+#if defined(__x86_64__)
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_ioctl), "D"((long)fd), "S"((long)KVM_RUN), "d"(0L)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    return ioctl(fd, KVM_RUN, 0) < 0 ? -errno : 0;
+#endif
+}
+
 // ---- kvm_run: the per-exit accessors ----------------------------------------------------
 // Swift's view of kvm_run's anonymous union copies the whole 256-byte union per access in
 // debug builds; these read exactly the field the exit loop needs.
@@ -113,6 +130,13 @@ static inline uint8_t skvm_io_direction(const struct kvm_run *run) { return run-
 static inline uint8_t skvm_io_size(const struct kvm_run *run) { return run->io.size; }
 static inline uint16_t skvm_io_port(const struct kvm_run *run) { return run->io.port; }
 static inline uint32_t skvm_io_count(const struct kvm_run *run) { return run->io.count; }
+// The first 8 bytes of the io exit in one load: direction | size << 8 | port << 16 |
+// count << 32, so the loop can recognise a hypercall (or a single access) with one compare.
+static inline uint64_t skvm_io_header(const struct kvm_run *run) {
+    uint64_t header;
+    __builtin_memcpy(&header, &run->io, sizeof header);
+    return header;
+}
 static inline uint8_t *skvm_io_data(struct kvm_run *run) {
     return (uint8_t *)run + run->io.data_offset;
 }

@@ -1,3 +1,4 @@
+import Glibc
 import Lifecycle
 import Synchronization
 
@@ -57,24 +58,33 @@ public final class IOBus: @unchecked Sendable {
     // Accesses nobody answers (reads return all-ones, writes are dropped) are counted by the
     // vCPUs themselves, so no counter is shared on the hot path.
 
-    /// For the port bus: which entry (index + 1, 0 for none) serves each of the 65536 ports,
+    /// For the port bus: the device serving each of the 65536 ports and its range's base,
     /// so a port lookup is one load instead of a search. nil for address spaces too large
-    /// for a table (MMIO), which use the binary search.
-    @usableFromInline let portTable: UnsafeMutablePointer<UInt8>?
+    /// for a table (MMIO), which use the binary search. The 1 MiB table comes from calloc
+    /// and only the pages under registered ports are ever touched.
+    @frozen public struct PortSlot {
+        /// The device, or nil for an unclaimed port.
+        public let device: Unmanaged<BusDevice>?
+        public let base: UInt16
+    }
+    public let portSlots: UnsafeMutablePointer<PortSlot>?
     public static let portCount = 0x10000
 
     /// `portSpace`: the 16-bit I/O port space (a direct lookup table) rather than MMIO.
     public init(name: String, portSpace: Bool = false) {
         self.name = name
         if portSpace {
-            portTable = .allocate(capacity: Self.portCount)
-            portTable!.initialize(repeating: 0, count: Self.portCount)
+            guard let zeroed = calloc(Self.portCount, MemoryLayout<PortSlot>.stride) else {
+                fatalError("out of memory for the port table")
+            }
+            // All-zero bytes are a valid PortSlot: no device, base 0.
+            portSlots = zeroed.bindMemory(to: PortSlot.self, capacity: Self.portCount)
         } else {
-            portTable = nil
+            portSlots = nil
         }
     }
 
-    deinit { portTable?.deallocate() }
+    deinit { free(portSlots) }
 
     public func register(_ device: BusDevice, at base: UInt64, length: UInt64) throws(BusError) {
         for e in entries where base < e.base + e.length && e.base < base + length {
@@ -83,13 +93,9 @@ public final class IOBus: @unchecked Sendable {
         let i = entries.firstIndex { $0.base > base } ?? entries.endIndex
         owners.append(device)
         entries.insert(Entry(base: base, length: length, device: Unmanaged.passUnretained(device)), at: i)
-        if let table = portTable {
-            precondition(entries.count < 255, "more port devices than the port table can index")
-            table.update(repeating: 0, count: Self.portCount)
-            for (index, e) in entries.enumerated() where e.base < UInt64(Self.portCount) {
-                let end = min(e.base + e.length, UInt64(Self.portCount))
-                for port in Int(e.base)..<Int(end) { table[port] = UInt8(index + 1) }
-            }
+        if let slots = portSlots, base < UInt64(Self.portCount) {
+            let slot = PortSlot(device: Unmanaged.passUnretained(device), base: UInt16(base))
+            for port in Int(base)..<Int(min(base + length, UInt64(Self.portCount))) { slots[port] = slot }
         }
     }
 
@@ -99,12 +105,11 @@ public final class IOBus: @unchecked Sendable {
     /// Inlinable so that loop, in another module, pays no call for the lookup either.
     @inlinable @inline(__always)
     public func find(_ address: UInt64) -> (device: Unmanaged<BusDevice>, offset: UInt64)? {
-        if let table = portTable {
+        if let slots = portSlots {
             guard address < UInt64(Self.portCount) else { return nil }
-            let index = Int(table[Int(address)])
-            if index == 0 { return nil }
-            let e = entries[index - 1]
-            return (e.device, address - e.base)
+            let slot = slots[Int(address)]
+            guard let device = slot.device else { return nil }
+            return (device, address &- UInt64(slot.base))
         }
         var lo = 0
         var hi = entries.count

@@ -83,9 +83,14 @@ final class VCPURunner: @unchecked Sendable {
         // reports to the StopController, and the machine then kicks every vCPU out of
         // KVM_RUN, so a vCPU never re-enters the guest for long after the end.
         if stop.isStopping { return }
+        // Hoisted so the loop keeps them in registers rather than reloading them via self.
+        let portSlots = ports.portSlots!
+        let tracing = traceExits || traceIO
+        let hypercallHeader = Self.hypercallHeader
         while true {
-            if skvm_ioctl(fd, SKVM_RUN, 0) < 0 {
-                let e = skvm_errno()
+            let status = skvm_run_vcpu(fd)
+            if status < 0 {
+                let e = Int32(-status)
                 // EINTR: kicked (stop) or a stray signal. EAGAIN: an application processor
                 // still waiting for its INIT/SIPI. Either way, look at the stop flag and retry.
                 if e == EINTR || e == EAGAIN {
@@ -97,6 +102,38 @@ final class VCPURunner: @unchecked Sendable {
             }
             let reason = skvm_exit_reason(run)
             exitCounts[Int(min(reason, UInt32(Self.exitReasonSlots - 1)))] &+= 1
+            // The common exit, a single port access with tracing off, is handled inline:
+            // one load of the io header, one table load for the device, one vtable call.
+            if reason == SKVM_EXIT_IO && !tracing {
+                let header = skvm_io_header(run)
+                if header == hypercallHeader {
+                    let number = UnsafeRawPointer(skvm_io_data(run)!).loadUnaligned(as: UInt32.self)
+                    if !handleHypercall(number: UInt64(number), fd) { return }
+                    continue
+                }
+                if header >> 32 == 1 {
+                    let port = Int(truncatingIfNeeded: (header >> 16) & 0xFFFF)
+                    let slot = portSlots[port]
+                    if let device = slot.device {
+                        let size = Int(truncatingIfNeeded: (header >> 8) & 0xFF)
+                        let data = UnsafeMutableRawPointer(skvm_io_data(run)!)
+                        let offset = UInt64(truncatingIfNeeded: port &- Int(slot.base))
+                        device._withUnsafeGuaranteedRef { device in
+                            if header & 0xFF == UInt64(SKVM_EXIT_IO_OUT) {
+                                device.writes.wrappingAdd(1, ordering: .relaxed)
+                                device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
+                            } else {
+                                device.reads.wrappingAdd(1, ordering: .relaxed)
+                                storeLittleEndian(device.read(offset: offset, size: size), data, size)
+                            }
+                        }
+                        // A device may have just ended the run (a reset, debug-exit, a panic
+                        // line on the console): do not give the guest another instruction.
+                        if stop.stopping.load(ordering: .relaxed) { return }
+                        continue
+                    }
+                }
+            }
             if traceExits { traceExit(reason, run) }
             switch reason {
             case SKVM_EXIT_IO:
@@ -112,9 +149,14 @@ final class VCPURunner: @unchecked Sendable {
         }
     }
 
+    /// `skvm_io_header` of the exit a hypercall stub makes: `out %eax, $port`, 4 bytes, once.
+    static let hypercallHeader: UInt64 = UInt64(SKVM_EXIT_IO_OUT) | 4 << 8 | UInt64(HypercallPage.port) << 16 | 1 << 32
+
     // MARK: Port I/O
 
-    @inline(__always)
+    /// Every port exit the inline path above does not take: string I/O (`rep outsb`),
+    /// unclaimed ports, and all exits while tracing.
+    @inline(never)
     private func handleIO(_ run: UnsafeMutablePointer<kvm_run>, _ fd: Int32) -> Bool {
         let port = skvm_io_port(run)
         let size = Int(skvm_io_size(run))
@@ -160,6 +202,7 @@ final class VCPURunner: @unchecked Sendable {
     // MARK: Hypercalls
 
     /// The stub wrote the call's number; its arguments are in the guest's registers.
+    @inline(never)
     private func handleHypercall(number: UInt64, _ fd: Int32) -> Bool {
         var regs = kvm_regs()
         guard skvm_ioctl_ptr(fd, SKVM_GET_REGS, &regs) == 0 else {
@@ -188,7 +231,7 @@ final class VCPURunner: @unchecked Sendable {
 
     // MARK: MMIO
 
-    @inline(__always)
+    @inline(never)
     private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>) -> Bool {
         let address = skvm_mmio_address(run)
         let size = Int(skvm_mmio_length(run))
@@ -230,6 +273,7 @@ final class VCPURunner: @unchecked Sendable {
     // MARK: The end of a run
 
     /// Exits that end the VM. Formatting and register reads are fine here: this happens once.
+    @inline(never)
     private func handleFatalExit(_ reason: UInt32, _ run: UnsafeMutablePointer<kvm_run>) {
         switch reason {
         case SKVM_EXIT_SYSTEM_EVENT:
@@ -247,6 +291,7 @@ final class VCPURunner: @unchecked Sendable {
 
     // MARK: Tracing (off the fast path: only reached when a trace flag is set)
 
+    @inline(never)
     private func traceExit(_ reason: UInt32, _ run: UnsafeMutablePointer<kvm_run>) {
         var line = "swiftvmm: vcpu\(vcpu.id) exit \(FaultReport.exitReasonName(reason))"
         if reason == SKVM_EXIT_IO {
@@ -257,11 +302,13 @@ final class VCPURunner: @unchecked Sendable {
         Diagnostics.line(line)
     }
 
+    @inline(never)
     private func traceAccess(_ kind: String, port: UInt64, size: Int, value: UInt64, device: BusDevice?) {
         let mask: UInt64 = size >= 8 ? ~0 : (1 << UInt64(size * 8)) - 1
         Diagnostics.line("swiftvmm: vcpu\(vcpu.id) \(kind) \(Diagnostics.hex(port, width: 4)) size=\(size) value=\(Diagnostics.hex(value & mask)) -> \(device?.name ?? "unclaimed")")
     }
 
+    @inline(never)
     private func traceHypercall(_ number: UInt64, _ args: HypercallArguments, _ result: HypercallHandler.Result, _ started: timespec) {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
