@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "Boot", dependencies: ["KVM", "Memory", "Lifecycle", "CLibElf"]),
         .target(name: "Devices", dependencies: ["KVM", "Memory", "Lifecycle", "CSystem"]),
         .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "Lifecycle", "Devices", "CSystem"]),
-        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls"]),
+        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls", "CSystem"]),
         .executableTarget(name: "swiftvmm", dependencies: [
             "Machine", "Boot", "Memory", "Lifecycle", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

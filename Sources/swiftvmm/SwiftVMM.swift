@@ -296,6 +296,7 @@ struct SwiftVMM: ParsableCommand {
             text.withUTF8 { buf in _ = Glibc.write(reportFD, buf.baseAddress!, buf.count) }
             close(reportFD)
         }
+        machine.leaveTeardownToHelper()
         Glibc.exit(outcome.exitCode)
     }
 

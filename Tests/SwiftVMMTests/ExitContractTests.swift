@@ -10,6 +10,31 @@ struct ExitContractTests {
         #expect(try bootMinimal(["exit=42"]).status == 42)
     }
 
+    @Test("the VM's teardown left to a helper: the status is ours, the output ends, the helper goes away")
+    func teardownHelper() throws {
+        // The marker names this run's processes in /proc/*/cmdline (the helper shares our
+        // memory, so it shows our command line); the guest ignores words it does not know.
+        let marker = "teardown-\(UUID().uuidString)"
+        let r = try bootMinimal(["hello", "exit=5", marker])
+        #expect(r.status == 5)
+        #expect(r.stdout.contains("Hello from the minimal guest"))
+        // runProcess read both pipes to their end, so the helper let go of them at once; it
+        // must also be gone soon after (it exits once we have, having torn the VM down).
+        func remaining() -> [String] {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.filter { pid in
+                guard Int(pid) != nil, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+                return String(decoding: data, as: UTF8.self).contains(marker)
+            }
+        }
+        var left = remaining()
+        for _ in 0..<200 where !left.isEmpty {
+            usleep(10_000)
+            left = remaining()
+        }
+        #expect(left.isEmpty, "processes still running 2 s after the VMM exited: \(left)")
+    }
+
     @Test("debug-exit: a write of V exits with (V << 1) | 1, on the default or a given port")
     func debugExit() throws {
         #expect(try bootMinimal(["debugexit=5"], options: ["--debug-exit"]).status == 11)
