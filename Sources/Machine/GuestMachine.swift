@@ -227,8 +227,11 @@ public final class GuestMachine: @unchecked Sendable {
     /// that is us, and a CI job waiting for swiftvmm's exit status waits for it. The helper
     /// shares the address space, holds only the VM and vCPU fds (it closes the terminal,
     /// pipes, disks and taps at once), and exits when we have. If it cannot be started,
-    /// nothing changes: the process tears the VM down itself.
+    /// nothing changes: the process tears the VM down itself (as it does under valgrind).
     public func leaveTeardownToHelper() {
+        // Valgrind cannot run a CLONE_VM process that is not a thread (it aborts the run):
+        // under it, tear down the usual way.
+        if let preload = getenv("LD_PRELOAD"), String(cString: preload).contains("vgpreload") { return }
         let keep = ([vm.fd] + runners.map { $0.vcpu.fd }).sorted()
         _ = keep.withUnsafeBufferPointer { sys_start_teardown_helper($0.baseAddress, Int32($0.count)) }
     }
