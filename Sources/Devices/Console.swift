@@ -14,6 +14,8 @@ import Synchronization
 /// Without `start` (unit tests), writes go straight to the fds.
 public final class Console: @unchecked Sendable {
     public static let backlogCapacity = 1 << 20
+    /// How long the output thread lets bytes gather after a wake-up before writing them out.
+    static let gatherMicroseconds: UInt32 = 1000
 
     private let fd: Int32
     private let quiet: Bool
@@ -110,6 +112,11 @@ public final class Console: @unchecked Sendable {
             var pfd = pollfd(fd: dataReady, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, -1)
             drainEventFD(dataReady)
+            // A guest printing byte by byte through the UART would otherwise wake us for
+            // nearly every byte (the backlog empties as fast as we write it). Letting bytes
+            // gather for a moment turns that into one write per burst, well below what a
+            // person at a terminal can notice.
+            usleep(Self.gatherMicroseconds)
             while true {
                 let (n, closing) = lock.withLock { _ in (ring.take(into: chunk, max: chunkSize), self.closing) }
                 if n == 0 {
