@@ -141,6 +141,15 @@ static inline uint8_t *skvm_io_data(struct kvm_run *run) {
     return (uint8_t *)run + run->io.data_offset;
 }
 
+// KVM_CAP_SYNC_REGS: the general registers travel in kvm_run itself. Asked for on every exit
+// (kvm_valid_regs) they are there when the exit is read; marked dirty they are loaded on the
+// next entry. A hypercall then costs no GET_REGS/SET_REGS ioctls.
+static const int SKVM_CAP_SYNC_REGS = KVM_CAP_SYNC_REGS;
+static const uint64_t SKVM_SYNC_X86_REGS = KVM_SYNC_X86_REGS;
+static inline struct kvm_regs *skvm_sync_regs(struct kvm_run *run) { return &run->s.regs.regs; }
+static inline void skvm_set_valid_regs(struct kvm_run *run, uint64_t mask) { run->kvm_valid_regs = mask; }
+static inline void skvm_set_dirty_regs(struct kvm_run *run, uint64_t mask) { run->kvm_dirty_regs = mask; }
+
 static inline uint64_t skvm_mmio_address(const struct kvm_run *run) { return run->mmio.phys_addr; }
 static inline uint32_t skvm_mmio_length(const struct kvm_run *run) { return run->mmio.len; }
 static inline uint8_t skvm_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }

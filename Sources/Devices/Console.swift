@@ -115,8 +115,8 @@ public final class Console: @unchecked Sendable {
             // A guest printing byte by byte through the UART would otherwise wake us for
             // nearly every byte (the backlog empties as fast as we write it). Letting bytes
             // gather for a moment turns that into one write per burst, well below what a
-            // person at a terminal can notice.
-            usleep(Self.gatherMicroseconds)
+            // person at a terminal can notice. Not when the run is ending: `finish` waits.
+            if !lock.withLock({ _ in closing }) { usleep(Self.gatherMicroseconds) }
             while true {
                 let (n, closing) = lock.withLock { _ in (ring.take(into: chunk, max: chunkSize), self.closing) }
                 if n == 0 {

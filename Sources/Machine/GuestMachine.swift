@@ -134,6 +134,8 @@ public final class GuestMachine: @unchecked Sendable {
         // vCPUs, each placed at the kernel's entry.
         let handler = HypercallHandler(memory: memory, console: console, stop: stop)
         var runners: [VCPURunner] = []
+        let syncRegs = config.syncRegisters
+            && UInt64(host.capability(SKVM_CAP_SYNC_REGS)) & SKVM_SYNC_X86_REGS != 0
         do {
             let supported = try host.supportedCPUID()
             try LegacyPlatform.writeMPTable(into: memory, cpus: config.cpus, supportedCPUID: supported)
@@ -150,7 +152,7 @@ public final class GuestMachine: @unchecked Sendable {
                 }
                 runners.append(VCPURunner(vcpu: vcpu, ports: ports, mmio: mmio, memory: memory,
                                           hypercalls: handler, stop: stop, trace: config.trace,
-                                          timeline: id == 0 ? timeline : nil))
+                                          timeline: id == 0 ? timeline : nil, syncRegs: syncRegs))
             }
         } catch let e as KVMError {
             throw .kvm(e.description, exitCode: ExitStatus.vmmError)

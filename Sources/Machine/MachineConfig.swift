@@ -42,6 +42,9 @@ public struct MachineConfig: Sendable {
     public var entry: EntryChoice = .auto
     public var addSerialConsole = true
     public var pvmHost = false
+    /// Let KVM hand the general registers over in kvm_run (KVM_CAP_SYNC_REGS) where it can;
+    /// false makes every hypercall use KVM_GET_REGS/KVM_SET_REGS, as on hosts without it.
+    public var syncRegisters = true
 
     public init(memory: MemorySize, kernelPath: String, commandLine: String) {
         self.memory = memory

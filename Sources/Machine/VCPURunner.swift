@@ -9,13 +9,13 @@ import Synchronization
 
 /// The vCPU loop: enter the guest, take the exit, hand it to whoever serves it, repeat.
 ///
-/// This is the hot path. Per exit it does an ioctl, reads a few fields of the shared
+/// This is the hot path. Per exit it does one KVM_RUN system call, reads a few fields of the shared
 /// `kvm_run` page through the shim's accessors, and makes one call through a device's vtable;
 /// no allocation, no existential or closure dispatch, no logging unless tracing is on.
 /// Anything slow (reports, formatting) happens only when the run is ending.
 ///
-/// Following one guest `out` through the code: guest `out` → KVM_EXIT_IO → `handleIO` →
-/// `IOBus.lookup` → the device's `write` → back into KVM_RUN.
+/// Following one guest `out` through the code: guest `out` → KVM_EXIT_IO → the inline path
+/// in `run` (the port's slot in `IOBus.portSlots`) → the device's `write` → back into KVM_RUN.
 final class VCPURunner: @unchecked Sendable {
     let vcpu: VCPU
     let ports: IOBus
@@ -31,6 +31,9 @@ final class VCPURunner: @unchecked Sendable {
     /// Copied from HypercallPage.port so the hot path does not go through another module's
     /// lazily initialised global on every exit.
     let hypercallPort: UInt16 = HypercallPage.port
+    /// KVM copies the general registers into kvm_run on every exit (KVM_CAP_SYNC_REGS), so a
+    /// hypercall reads its arguments without an ioctl.
+    let syncRegs: Bool
     /// Set for the boot vCPU only: it records when the guest first runs.
     let timeline: Timeline?
 
@@ -44,7 +47,7 @@ final class VCPURunner: @unchecked Sendable {
     var unclaimedMMIOAccesses: UInt64 = 0
 
     init(vcpu: VCPU, ports: IOBus, mmio: IOBus, memory: GuestMemory, hypercalls: HypercallHandler,
-         stop: StopController, trace: TraceOptions, timeline: Timeline?) {
+         stop: StopController, trace: TraceOptions, timeline: Timeline?, syncRegs: Bool) {
         self.vcpu = vcpu
         self.ports = ports
         self.mmio = mmio
@@ -56,6 +59,7 @@ final class VCPURunner: @unchecked Sendable {
         traceHypercalls = trace.contains(.hypercalls)
         traceGuestErrors = trace.contains(.guestErrors)
         self.timeline = timeline
+        self.syncRegs = syncRegs
         exitCounts.initialize(repeating: 0, count: Self.exitReasonSlots)
         hypercallCounts.initialize(repeating: 0, count: HypercallPage.stubCount + 1)
     }
@@ -78,6 +82,7 @@ final class VCPURunner: @unchecked Sendable {
         pthread_sigmask(SIG_UNBLOCK, &kick, nil)
         let fd = vcpu.fd
         let run = vcpu.run
+        if syncRegs { skvm_set_valid_regs(run, SKVM_SYNC_X86_REGS) }
         timeline?.markFirstGuestEntry()
         // The stop flag is looked at only when KVM_RUN is interrupted: whoever ends the run
         // reports to the StopController, and the machine then kicks every vCPU out of
@@ -204,10 +209,16 @@ final class VCPURunner: @unchecked Sendable {
     /// The stub wrote the call's number; its arguments are in the guest's registers.
     @inline(never)
     private func handleHypercall(number: UInt64, _ fd: Int32) -> Bool {
-        var regs = kvm_regs()
-        guard skvm_ioctl_ptr(fd, SKVM_GET_REGS, &regs) == 0 else {
-            stop.stop(.vmmError("KVM_GET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
-            return false
+        // The arguments are in the guest's registers: in kvm_run already when KVM syncs them
+        // there (KVM_CAP_SYNC_REGS), else fetched with KVM_GET_REGS.
+        let run = vcpu.run
+        let synced = syncRegs ? skvm_sync_regs(run) : nil
+        var regs = synced?.pointee ?? kvm_regs()
+        if synced == nil {
+            guard skvm_ioctl_ptr(fd, SKVM_GET_REGS, &regs) == 0 else {
+                stop.stop(.vmmError("KVM_GET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
+                return false
+            }
         }
         hypercallCounts[Int(min(number, UInt64(HypercallPage.stubCount)))] &+= 1
         let args = HypercallArguments(regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8)
@@ -217,10 +228,16 @@ final class VCPURunner: @unchecked Sendable {
         if traceHypercalls { traceHypercall(number, args, result, started) }
         switch result {
         case .resume(let value):
-            regs.rax = value
-            guard skvm_ioctl_ptr(fd, SKVM_SET_REGS, &regs) == 0 else {
-                stop.stop(.vmmError("KVM_SET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
-                return false
+            if let synced {
+                // Loaded back into the vCPU on the next KVM_RUN.
+                synced.pointee.rax = value
+                skvm_set_dirty_regs(run, SKVM_SYNC_X86_REGS)
+            } else {
+                regs.rax = value
+                guard skvm_ioctl_ptr(fd, SKVM_SET_REGS, &regs) == 0 else {
+                    stop.stop(.vmmError("KVM_SET_REGS on vCPU \(vcpu.id) failed: \(errorString(skvm_errno()))"))
+                    return false
+                }
             }
             // A console write may have decided the run (a panic line, an --expect match).
             return !stop.stopping.load(ordering: .relaxed)

@@ -243,6 +243,8 @@ struct SwiftVMM: ParsableCommand {
         config.entry = EntryChoice(rawValue: entry) ?? .auto
         config.addSerialConsole = !noSerialConsole
         config.pvmHost = pvmHost
+        // A debugging switch (docs/hypercalls.md): hypercalls through KVM_GET_REGS/SET_REGS.
+        config.syncRegisters = getenv("SWIFTVMM_NO_SYNC_REGS") == nil
 
         // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
         // block them everywhere and take them on one thread with sigwait.

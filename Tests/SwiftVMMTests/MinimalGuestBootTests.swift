@@ -28,9 +28,12 @@ struct MinimalGuestBootTests {
         #expect(r.status == 0)
     }
 
-    @Test("test=hypercalls: every hypercall behaves as documented")
-    func hypercalls() throws {
-        let r = try bootMinimal(["test=hypercalls"])
+    @Test("test=hypercalls: every hypercall behaves as documented, with registers synced in kvm_run or through ioctls",
+          arguments: [false, true])
+    func hypercalls(throughIoctls: Bool) throws {
+        try requireKVMAndGuest()
+        let r = try runProcess(Repo.swiftvmm, ["32m", Repo.minimalGuest, "test=hypercalls"],
+                               environment: throughIoctls ? ["SWIFTVMM_NO_SYNC_REGS": "1"] : nil)
         let failures = r.lines.filter { $0.hasPrefix("FAIL") }
         #expect(failures.isEmpty, "\(failures)")
         for name in ["info", "noop", "version", "time_ns", "random", "console_write", "console_write-efault",
