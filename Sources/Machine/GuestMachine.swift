@@ -234,7 +234,7 @@ public final class GuestMachine: @unchecked Sendable {
         // Valgrind cannot run a CLONE_VM process that is not a thread (it aborts the run):
         // under it, tear down the usual way.
         if let preload = getenv("LD_PRELOAD"), String(cString: preload).contains("vgpreload") { return }
-        let keep = ([vm.fd] + runners.map { $0.vcpu.fd }).sorted()
+        let keep = [vm.fd] + runners.map { $0.vcpu.fd }   // the helper sorts them
         _ = keep.withUnsafeBufferPointer { sys_start_teardown_helper($0.baseAddress, Int32($0.count)) }
     }
 

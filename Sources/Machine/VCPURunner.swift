@@ -28,9 +28,6 @@ final class VCPURunner: @unchecked Sendable {
     let traceIO: Bool
     let traceHypercalls: Bool
     let traceGuestErrors: Bool
-    /// Copied from HypercallPage.port so the hot path does not go through another module's
-    /// lazily initialised global on every exit.
-    let hypercallPort: UInt16 = HypercallPage.port
     /// KVM copies the general registers into kvm_run on every exit (KVM_CAP_SYNC_REGS), so a
     /// hypercall reads its arguments without an ioctl.
     let syncRegs: Bool
@@ -123,14 +120,9 @@ final class VCPURunner: @unchecked Sendable {
                         let size = Int(truncatingIfNeeded: (header >> 8) & 0xFF)
                         let data = UnsafeMutableRawPointer(skvm_io_data(run)!)
                         let offset = UInt64(truncatingIfNeeded: port &- Int(slot.base))
-                        device._withUnsafeGuaranteedRef { device in
-                            if header & 0xFF == UInt64(SKVM_EXIT_IO_OUT) {
-                                device.writes.wrappingAdd(1, ordering: .relaxed)
-                                device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
-                            } else {
-                                device.reads.wrappingAdd(1, ordering: .relaxed)
-                                storeLittleEndian(device.read(offset: offset, size: size), data, size)
-                            }
+                        let isWrite = header & 0xFF == UInt64(SKVM_EXIT_IO_OUT)
+                        _ = device._withUnsafeGuaranteedRef {
+                            access($0, offset: offset, size: size, isWrite: isWrite, data: data)
                         }
                         // A device may have just ended the run (a reset, debug-exit, a panic
                         // line on the console): do not give the guest another instruction.
@@ -157,6 +149,22 @@ final class VCPURunner: @unchecked Sendable {
     /// `skvm_io_header` of the exit a hypercall stub makes: `out %eax, $port`, 4 bytes, once.
     static let hypercallHeader: UInt64 = UInt64(SKVM_EXIT_IO_OUT) | 4 << 8 | UInt64(HypercallPage.port) << 16 | 1 << 32
 
+    /// One access to a device: counted, then served; returns the value written or read.
+    @inline(__always)
+    private func access(_ device: BusDevice, offset: UInt64, size: Int, isWrite: Bool,
+                        data: UnsafeMutableRawPointer) -> UInt64 {
+        if isWrite {
+            let value = loadLittleEndian(data, size)
+            device.writes.wrappingAdd(1, ordering: .relaxed)
+            device.write(offset: offset, size: size, value: value)
+            return value
+        }
+        device.reads.wrappingAdd(1, ordering: .relaxed)
+        let value = device.read(offset: offset, size: size)
+        storeLittleEndian(value, data, size)
+        return value
+    }
+
     // MARK: Port I/O
 
     /// Every port exit the inline path above does not take: string I/O (`rep outsb`),
@@ -168,24 +176,14 @@ final class VCPURunner: @unchecked Sendable {
         let count = Int(skvm_io_count(run))
         let data = UnsafeMutableRawPointer(skvm_io_data(run)!)
         let isWrite = skvm_io_direction(run) == SKVM_EXIT_IO_OUT
-        if port == hypercallPort && isWrite && size == 4 && count == 1 {
+        if skvm_io_header(run) == Self.hypercallHeader {
             return handleHypercall(number: UInt64(data.loadUnaligned(as: UInt32.self)), fd)
         }
         if let (unretained, offset) = ports.find(UInt64(port)) {
             unretained._withUnsafeGuaranteedRef { device in
                 for i in 0..<count {
-                    let p = data + i * size
-                    if isWrite {
-                        let value = loadLittleEndian(p, size)
-                        device.writes.wrappingAdd(1, ordering: .relaxed)
-                        device.write(offset: offset, size: size, value: value)
-                        if traceIO { traceAccess("out", port: UInt64(port), size: size, value: value, device: device) }
-                    } else {
-                        device.reads.wrappingAdd(1, ordering: .relaxed)
-                        let value = device.read(offset: offset, size: size)
-                        storeLittleEndian(value, p, size)
-                        if traceIO { traceAccess("in ", port: UInt64(port), size: size, value: value, device: device) }
-                    }
+                    let value = access(device, offset: offset, size: size, isWrite: isWrite, data: data + i * size)
+                    if traceIO { traceAccess(isWrite ? "out" : "in ", port: UInt64(port), size: size, value: value, device: device) }
                 }
             }
             // A device may have just ended the run (a reset, debug-exit, a panic line on the
@@ -256,16 +254,9 @@ final class VCPURunner: @unchecked Sendable {
         let isWrite = skvm_mmio_is_write(run) != 0
         if let (unretained, offset) = mmio.find(address) {
             unretained._withUnsafeGuaranteedRef { device in
-                if isWrite {
-                    device.writes.wrappingAdd(1, ordering: .relaxed)
-                    device.write(offset: offset, size: size, value: loadLittleEndian(data, size))
-                } else {
-                    device.reads.wrappingAdd(1, ordering: .relaxed)
-                    storeLittleEndian(device.read(offset: offset, size: size), data, size)
-                }
+                let value = access(device, offset: offset, size: size, isWrite: isWrite, data: data)
                 if traceIO {
-                    traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size,
-                                value: loadLittleEndian(data, size), device: device)
+                    traceAccess(isWrite ? "mmio-w" : "mmio-r", port: address, size: size, value: value, device: device)
                 }
             }
             return !stop.stopping.load(ordering: .relaxed)
