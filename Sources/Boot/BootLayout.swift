@@ -11,6 +11,8 @@
 ///                  identity map of the first 4 GiB with 2 MiB pages
 ///     0x0002_0000  kernel command line
 ///     0x0009_fc00  top of low RAM; EBDA, MP table, BIOS area up to 1 MiB (reserved)
+///     0x000e_0000  ACPI: RSDP, then XSDT, FADT, MADT, DSDT (where Linux scans for "RSD PTR ")
+///     0x000f_fff0  the reset vector (F000:FFF0): a stub that pulls the i8042's reset line
 ///     0x0010_0000  kernel (ELF segments at their physical addresses, bzImage at its preferred address)
 ///
 /// These are the addresses Firecracker uses for the same structures, which Linux is known to
@@ -32,6 +34,17 @@ public enum BootLayout {
     /// End of conventional RAM; the last KiB below 640 KiB is the EBDA (MP table lives there).
     public static let lowRAMEnd: UInt64 = 0x9FC00
     public static let mpTable: UInt64 = 0x9FC00
+    /// The ACPI tables: the RSDP first (16-byte aligned, inside the 0xE0000-0xFFFFF range Linux
+    /// scans when it is given no pointer), the other tables after it, all below `acpiEnd`.
+    public static let acpiRSDP: UInt64 = 0xE0000
+    public static let acpiEnd: UInt64 = 0xFFFF0
+    /// Where a CPU starts after a reset, in real mode at F000:FFF0, and where Linux jumps to
+    /// reboot through "the BIOS" (its choice on a hardware-reduced ACPI machine without EFI,
+    /// after an EFI reset that does nothing). There is no BIOS; the stub there ends the run
+    /// as a reboot, as the firmware's reset would.
+    public static let resetVector: UInt64 = 0xFFFF0
+    /// mov al, 0xFE; out 0x64, al (the i8042's "pulse reset"); then hlt forever.
+    public static let resetVectorStub: [UInt8] = [0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD]
     /// Kernel segments and everything the guest may own start here.
     public static let kernelStart: UInt64 = 0x100000
 

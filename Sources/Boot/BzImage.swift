@@ -140,7 +140,8 @@ public struct BzImage: Sendable {
         try KernelLoader.writeChecked(Array(protectedMode), at: loadAddress, memory)
         if let initrd, let r = initrdRange { try KernelLoader.writeChecked(initrd, at: r.lowerBound, memory) }
         let map = KernelLoader.e820(memory: memory, reserved: options.reserved)
-        try KernelLoader.writeBootData(into: memory, line: line, map: map, zeroPage: zeroPage(initrd: initrdRange))
+        try KernelLoader.writeBootData(into: memory, line: line, map: map, zeroPage: zeroPage(initrd: initrdRange),
+                                       acpiRSDP: options.acpiRSDP)
         return LoadedKernel(format: "bzImage", entry: mode, loadedRanges: [room],
                             commandLine: options.commandLine, initrd: initrdRange, e820: map)
     }

@@ -41,14 +41,18 @@ public struct BootOptions: Sendable {
     /// Add `console=ttyS0` to a Linux kernel's command line when it names no console, so
     /// its output reaches the serial port (the only console swiftvmm has).
     public var addSerialConsole = true
+    /// Where the machine puts the ACPI RSDP, if it writes ACPI tables: passed to the kernel in
+    /// boot_params.acpi_rsdp_addr and hvm_start_info.rsdp_paddr.
+    public var acpiRSDP: UInt64?
 
     public init(commandLine: String, initrdPath: String? = nil, entry: EntryChoice = .auto,
-                reserved: [Range<UInt64>] = [], addSerialConsole: Bool = true) {
+                reserved: [Range<UInt64>] = [], addSerialConsole: Bool = true, acpiRSDP: UInt64? = nil) {
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.entry = entry
         self.reserved = reserved
         self.addSerialConsole = addSerialConsole
+        self.acpiRSDP = acpiRSDP
     }
 
     /// The command line a kernel gets: the user's words, plus `console=ttyS0` for Linux
@@ -203,10 +207,10 @@ public enum KernelLoader {
         let map = e820(memory: memory, reserved: options.reserved)
         var zp = ZeroPage.forELFKernel(commandLineLimit: limit)
         if let r = initrdRange { zp.setRamdisk(address: r.lowerBound, size: UInt64(r.count)) }
-        try writeBootData(into: memory, line: line, map: map, zeroPage: zp)
+        try writeBootData(into: memory, line: line, map: map, zeroPage: zp, acpiRSDP: options.acpiRSDP)
         if case .pvh = mode {
             try writeChecked(PVHStartInfo.build(at: BootLayout.pvhStartInfo, commandLine: BootLayout.commandLine,
-                                                e820: map, initrd: initrdRange).bytes,
+                                                e820: map, initrd: initrdRange, rsdp: options.acpiRSDP).bytes,
                              at: BootLayout.pvhStartInfo, memory)
         }
         return LoadedKernel(format: image.elfClass == .elf64 ? "ELF64" : "ELF32", entry: mode,
@@ -230,11 +234,13 @@ public enum KernelLoader {
         E820.build(ram: memory.regions.map { ($0.guestAddress, $0.size) }, reserved: reserved)
     }
 
-    /// Command line, boot_params (with the e820 map) and page tables.
-    static func writeBootData(into memory: GuestMemory, line: [UInt8], map: [E820Entry], zeroPage: ZeroPage) throws(BootError) {
+    /// Command line, boot_params (with the e820 map and the ACPI RSDP) and page tables.
+    static func writeBootData(into memory: GuestMemory, line: [UInt8], map: [E820Entry], zeroPage: ZeroPage,
+                              acpiRSDP: UInt64?) throws(BootError) {
         var zp = zeroPage
         zp.setCommandLine(address: BootLayout.commandLine)
         zp.setE820(map)
+        if let acpiRSDP { zp.set(acpiRSDP, at: ZeroPage.acpiRSDPAddr) }
         try writeChecked(line, at: BootLayout.commandLine, memory)
         try writeChecked(zp.bytes, at: BootLayout.zeroPage, memory)
         do {

@@ -21,10 +21,13 @@ public struct MPTable {
     public var configurationTableAddress: UInt64 { address + UInt64(Self.floatingPointerSize) }
     public var ioAPICID: UInt8
 
+    /// The IOAPIC's ID: the first after the processors' (the ACPI MADT uses the same).
+    public static func ioAPICID(cpus: Int) -> UInt8 { UInt8(truncatingIfNeeded: cpus) }
+
     /// `cpuSignature` and `featureFlags` are CPUID leaf 1's EAX and EDX, as the spec asks.
     public init(cpus: Int, at address: UInt64 = BootLayout.mpTable, cpuSignature: UInt32 = 0x600, featureFlags: UInt32 = 0x201) {
         self.address = address
-        let ioapicID = UInt8(truncatingIfNeeded: cpus)
+        let ioapicID = Self.ioAPICID(cpus: cpus)
         self.ioAPICID = ioapicID
         var entries: [UInt8] = []
         var count = 0

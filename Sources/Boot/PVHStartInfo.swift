@@ -18,7 +18,9 @@ public struct PVHStartInfo {
 
     public var bytes: [UInt8]
 
-    public static func build(at address: UInt64, commandLine: UInt64, e820: [E820Entry], initrd: Range<UInt64>?) -> PVHStartInfo {
+    /// `rsdp`: the ACPI RSDP's address, if the machine has ACPI tables (0: the kernel scans).
+    public static func build(at address: UInt64, commandLine: UInt64, e820: [E820Entry], initrd: Range<UInt64>?,
+                             rsdp: UInt64? = nil) -> PVHStartInfo {
         var b = Bytes(count: memoryMapOffset + min(e820.count, maxMemoryMapEntries) * 24)
         b.set(magic, at: 0)
         b.set(version, at: 4)
@@ -29,6 +31,7 @@ public struct PVHStartInfo {
             b.set(UInt64(initrd.count), at: moduleListOffset + 8)
         }
         b.set(commandLine, at: 24)
+        b.set(rsdp ?? 0, at: 32)
         b.set(address + UInt64(memoryMapOffset), at: 40)
         b.set(UInt32(min(e820.count, maxMemoryMapEntries)), at: 48)
         for (i, e) in e820.prefix(maxMemoryMapEntries).enumerated() {

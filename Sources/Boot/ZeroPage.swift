@@ -6,6 +6,8 @@ public struct ZeroPage {
     public static let size = 4096
 
     // Offsets into boot_params.
+    public static let acpiRSDPAddr = 0x070        // u64: where the ACPI RSDP is (read by every 64-bit
+                                                  // Linux since 5.0; older ones scan for it)
     public static let extCmdLinePtr = 0x0C8       // u32: high 32 bits of cmd_line_ptr
     public static let e820Entries = 0x1E8         // u8: number of e820 entries
     public static let setupHeader = 0x1F1         // start of struct setup_header

@@ -35,6 +35,7 @@ static const unsigned long SKVM_IRQFD = KVM_IRQFD;
 static const unsigned long SKVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long SKVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
 static const unsigned long SKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+static const unsigned long SKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 // vCPU fd
 static const unsigned long SKVM_RUN = KVM_RUN;
 static const unsigned long SKVM_GET_REGS = KVM_GET_REGS;
@@ -175,6 +176,37 @@ static inline uint32_t skvm_system_event_type(const struct kvm_run *run) { retur
 // wants the vCPU out, so store it atomically.
 static inline void skvm_set_immediate_exit(struct kvm_run *run, uint8_t value) {
     __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+
+// ---- in-kernel interrupt controllers (for reports on a hung guest) -------------------------
+// The IOAPIC's pin state: its IRR bit and its redirection entry (vector, mask, trigger mode,
+// remote IRR). Returns -1 if KVM_GET_IRQCHIP fails.
+static inline int skvm_get_ioapic(int vmfd, uint32_t *irr, uint64_t *entries /* [24] */) {
+    struct kvm_irqchip chip;
+    memset(&chip, 0, sizeof chip);
+    chip.chip_id = KVM_IRQCHIP_IOAPIC;
+    if (ioctl(vmfd, KVM_GET_IRQCHIP, &chip) != 0) return -1;
+    *irr = chip.chip.ioapic.irr;
+    for (int i = 0; i < KVM_IOAPIC_NUM_PINS; i++) entries[i] = chip.chip.ioapic.redirtbl[i].bits;
+    return 0;
+}
+// One 8259 of the PIC pair (chip 0: master, IRQs 0-7; 1: slave): edge detector, IRR, IMR, ISR,
+// ELCR, vector base, auto-EOI, as {last_irr, irr, imr, isr, elcr, irq_base, auto_eoi}.
+static inline int skvm_get_pic(int vmfd, uint32_t chip_id, uint8_t *out /* [7] */) {
+    struct kvm_irqchip chip;
+    memset(&chip, 0, sizeof chip);
+    chip.chip_id = chip_id;
+    if (ioctl(vmfd, KVM_GET_IRQCHIP, &chip) != 0) return -1;
+    const struct kvm_pic_state *p = &chip.chip.pic;
+    out[0] = p->last_irr; out[1] = p->irr; out[2] = p->imr; out[3] = p->isr;
+    out[4] = p->elcr; out[5] = p->irq_base; out[6] = p->auto_eoi;
+    return 0;
+}
+// A 256-bit LAPIC register bank (IRR at 0x200, ISR at 0x100, TMR at 0x180): 8 words 16 bytes apart.
+static inline uint32_t skvm_lapic_word(const struct kvm_lapic_state *l, uint32_t base, uint32_t i) {
+    uint32_t v;
+    memcpy(&v, l->regs + base + 16 * (i & 7), 4);
+    return v;
 }
 
 // ---- flexible array members (dropped by the importer) -----------------------------------

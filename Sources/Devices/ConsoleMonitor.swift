@@ -1,8 +1,8 @@
 import Lifecycle
 
 /// Watches the guest's console line by line and ends the run when a line decides it:
-/// a kernel panic, a `--fail-on` pattern, or the last of the `--expect` patterns (which must
-/// match in the order given). It also keeps the last Linux-style oops it saw (the `RIP:` line
+/// a kernel panic (once the stack trace after it is out), a `--fail-on` pattern, or the last
+/// of the `--expect` patterns (which must match in the order given). It also keeps the last Linux-style oops it saw (the `RIP:` line
 /// and the `Call Trace:` frames) so the frames can be resolved to source lines afterwards.
 ///
 /// `feed` is called with the console's lock held, one byte at a time, from whichever thread
@@ -27,6 +27,11 @@ public final class ConsoleMonitor: @unchecked Sendable {
     }
 
     public static let panicMarker = "Kernel panic - not syncing"
+    /// Linux's last line of a panic, after the stack trace: "---[ end Kernel panic - not syncing: ... ]---".
+    public static let panicEndMarker = "---[ end Kernel panic"
+    /// How long the console may go on after the panic line for the stack trace that follows
+    /// it (Linux prints it in milliseconds; the wait is only for a console cut short).
+    public static let panicGrace = 1.0
     /// What Linux prints as its last words when it powers off or halts. On a PC without ACPI
     /// nothing else tells the VMM: the CPU just halts with interrupts off. Ending the run here
     /// turns a guest's `poweroff` into a clean exit 0 instead of a wait for the timeout.
@@ -44,6 +49,8 @@ public final class ConsoleMonitor: @unchecked Sendable {
     private var collectingTrace = false
     private var currentOops = Oops()
     private var lastOops: Oops?
+    /// A panic line was seen: the outcome is decided, the run stops at the panic's end line.
+    private var panicking = false
 
     public init(expect: [String], failOn: [String], detectPanic: Bool, stop: StopController,
                 timeline: Timeline?) throws(PatternError) {
@@ -90,8 +97,15 @@ public final class ConsoleMonitor: @unchecked Sendable {
         if line.last == UInt8(ascii: "\r") { line.removeLast() }
         let text = String(decoding: line, as: UTF8.self)
         trackOops(text)
+        // After a panic line nothing else decides the run: keep the stack trace Linux prints
+        // next, and stop at the panic's last line (or after panicGrace).
+        if panicking {
+            if text.contains(Self.panicEndMarker) { stop.stop(.kernelPanic(line: text)) }
+            return
+        }
         if detectPanic && text.contains(Self.panicMarker) {
-            stop.stop(.kernelPanic(line: text))
+            panicking = true
+            stop.decide(.kernelPanic(line: text), stoppingWithin: Self.panicGrace)
             return
         }
         if Self.powerOffMarkers.contains(where: { text.contains($0) }) {
@@ -121,6 +135,9 @@ public final class ConsoleMonitor: @unchecked Sendable {
         }
         let trimmed = text.drop { $0 == " " || $0 == "\t" }
         if trimmed.hasPrefix("RIP: ") {
+            // Inside a call trace, a RIP line is the register dump of where the trace ends (a
+            // system call from user space: "RIP: 0033:0x47b7a0"), not a new oops.
+            if collectingTrace { collectingTrace = false; return }
             if currentOops.ripLine != nil || !currentOops.frames.isEmpty { lastOops = currentOops }
             currentOops = Oops(ripLine: String(trimmed), frames: [])
             collectingTrace = false

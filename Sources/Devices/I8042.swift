@@ -20,6 +20,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
 
     static let statusOutputFull: UInt8 = 0x01
     static let statusSystemFlag: UInt8 = 0x04   // set after a successful self-test, as firmware leaves it
+    static let statusUnlocked: UInt8 = 0x10     // the keyboard is not inhibited (Linux warns "Keylock active" otherwise)
 
     struct State {
         var output: UInt8? = nil
@@ -43,7 +44,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
                 s.output = nil
                 return UInt64(v)
             case 4:
-                return UInt64(Self.statusSystemFlag | (s.output == nil ? 0 : Self.statusOutputFull))
+                return UInt64(Self.statusSystemFlag | Self.statusUnlocked | (s.output == nil ? 0 : Self.statusOutputFull))
             default:
                 return 0xFF
             }

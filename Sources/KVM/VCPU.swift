@@ -108,3 +108,21 @@ public final class VCPU: @unchecked Sendable {
         skvm_set_immediate_exit(run, 1)
     }
 }
+
+extension VCPU {
+    /// Vectors waiting in the local APIC (IRR: requested, not yet taken) and in service (ISR:
+    /// taken, no EOI yet), for reports on a guest that seems to wait forever.
+    public func pendingVectors() -> (requested: [UInt8], inService: [UInt8], lvt0: UInt32, spurious: UInt32, taskPriority: UInt32)? {
+        guard var l = try? lapic() else { return nil }
+        func vectors(_ base: UInt32) -> [UInt8] {
+            var v: [UInt8] = []
+            for word in UInt32(0)..<8 {
+                let bits = skvm_lapic_word(&l, base, word)
+                for bit in UInt32(0)..<32 where bits & (1 << bit) != 0 { v.append(UInt8(word * 32 + bit)) }
+            }
+            return v
+        }
+        return (vectors(0x200), vectors(0x100), skvm_lapic_word(&l, 0x350, 0), skvm_lapic_word(&l, 0xF0, 0),
+                skvm_lapic_word(&l, 0x80, 0))
+    }
+}

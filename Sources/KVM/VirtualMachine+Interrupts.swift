@@ -121,3 +121,35 @@ extension VirtualMachine {
         return skvm_ioctl_ptr(fd, SKVM_SIGNAL_MSI, &m) > 0
     }
 }
+
+/// The in-kernel IOAPIC as KVM holds it, for reports on a guest that seems to wait forever.
+public struct IOAPICState: Sendable {
+    /// One bit per pin: an edge latched or a level high, not yet delivered.
+    public let irr: UInt32
+    /// The 24 redirection entries (bits 0-7 vector, 15 trigger mode, 14 remote IRR, 16 mask).
+    public let entries: [UInt64]
+}
+
+extension VirtualMachine {
+    public func ioapicState() -> IOAPICState? {
+        var irr: UInt32 = 0
+        var entries = [UInt64](repeating: 0, count: 24)
+        let ok = entries.withUnsafeMutableBufferPointer { skvm_get_ioapic(fd, &irr, $0.baseAddress) == 0 }
+        return ok ? IOAPICState(irr: irr, entries: entries) : nil
+    }
+}
+
+/// One 8259 of the in-kernel PIC pair.
+public struct PICState: Sendable {
+    public let lastIRR, irr, imr, isr, elcr, vectorBase: UInt8
+    public let autoEOI: Bool
+}
+
+extension VirtualMachine {
+    /// chip 0: the master (IRQs 0-7), 1: the slave (8-15).
+    public func picState(chip: UInt32) -> PICState? {
+        var b = [UInt8](repeating: 0, count: 7)
+        guard b.withUnsafeMutableBufferPointer({ skvm_get_pic(fd, chip, $0.baseAddress) == 0 }) else { return nil }
+        return PICState(lastIRR: b[0], irr: b[1], imr: b[2], isr: b[3], elcr: b[4], vectorBase: b[5], autoEOI: b[6] != 0)
+    }
+}

@@ -12,20 +12,50 @@ public final class StopController: Sendable {
     public let stopping = Atomic<Bool>(false)
     /// The main thread sleeps on this eventfd; `stop` makes it readable.
     private let eventFD: Int32
+    /// An outcome already decided whose stop is still to come, and when it comes at the latest.
+    private let decided = Mutex<(outcome: Outcome, deadline: UInt64)?>(nil)
+    /// Wakes `wait` to look at a new decision's deadline (drained there; `eventFD` never is).
+    private let decisionFD: Int32
 
     public init() {
         eventFD = sys_eventfd(0, SYS_EFD_CLOEXEC)
-        precondition(eventFD >= 0, "eventfd: \(String(cString: strerror(errno)))")
+        decisionFD = sys_eventfd(0, SYS_EFD_CLOEXEC)
+        precondition(eventFD >= 0 && decisionFD >= 0, "eventfd: \(String(cString: strerror(errno)))")
     }
 
-    deinit { close(eventFD) }
+    deinit {
+        close(eventFD)
+        close(decisionFD)
+    }
 
-    /// Report an outcome. Returns true if it was the first (and so is the one that counts).
+    /// Fix the outcome now but stop a little later: a kernel panic is decided by its first
+    /// line, and the stack trace Linux prints after it is what makes it worth reading. The run
+    /// stops at the next `stop` (from whoever: the console at the panic's last line, a reset,
+    /// the timeout) or after `grace` seconds, and ends with this outcome whatever that `stop`
+    /// reports. The first decision or stop wins, as with `stop`.
+    public func decide(_ outcome: Outcome, stoppingWithin grace: Double) {
+        let deadline = monotonicNanoseconds() + UInt64(max(0, grace) * 1e9)
+        let first = outcomeBox.withLock { current -> Bool in
+            guard current == nil else { return false }
+            return decided.withLock { d in
+                guard d == nil else { return false }
+                d = (outcome, deadline)
+                return true
+            }
+        }
+        if first {
+            var one: UInt64 = 1
+            _ = write(decisionFD, &one, 8)
+        }
+    }
+
+    /// Report an outcome. Returns true if it was the first (and so is the one that counts);
+    /// after a `decide`, the decided outcome is the one that counts.
     @discardableResult
     public func stop(_ outcome: Outcome) -> Bool {
         let first = outcomeBox.withLock { current -> Bool in
             guard current == nil else { return false }
-            current = outcome
+            current = decided.withLock { $0?.outcome } ?? outcome
             return true
         }
         if first {
@@ -51,17 +81,25 @@ public final class StopController: Sendable {
         let deadline = timeout.map { monotonicNanoseconds() + UInt64($0 * 1e9) }
         while true {
             if let o = outcome { return o }
-            var ms: Int32 = -1
-            if let deadline {
-                let now = monotonicNanoseconds()
-                if now >= deadline {
-                    stop(.timeout(seconds: timeout!))
-                    continue
-                }
-                ms = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
+            let now = monotonicNanoseconds()
+            if let deadline, now >= deadline {
+                stop(.timeout(seconds: timeout!))
+                continue
             }
-            var pfd = pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, ms)
+            let decision = decided.withLock { $0 }
+            if let decision, now >= decision.deadline {
+                stop(decision.outcome)
+                continue
+            }
+            let next = [deadline, decision?.deadline].compactMap { $0 }.min()
+            let ms = next.map { Int32(min(($0 - now + 999_999) / 1_000_000, UInt64(Int32.max))) } ?? -1
+            var pfds = [pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0),
+                        pollfd(fd: decisionFD, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&pfds, 2, ms)
+            if pfds[1].revents != 0 {
+                var value: UInt64 = 0
+                _ = read(decisionFD, &value, 8)
+            }
         }
     }
 }

@@ -110,7 +110,7 @@ public final class GuestMachine: @unchecked Sendable {
         do {
             kernel = try KernelLoader.load(path: config.kernelPath, into: memory, options: BootOptions(
                 commandLine: config.commandLine, initrdPath: config.initrdPath, entry: config.entry,
-                reserved: [hypercallPage], addSerialConsole: config.addSerialConsole))
+                reserved: [hypercallPage], addSerialConsole: config.addSerialConsole, acpiRSDP: BootLayout.acpiRSDP))
         } catch {
             throw .boot(error.description, exitCode: error.exitCode)
         }
@@ -139,6 +139,7 @@ public final class GuestMachine: @unchecked Sendable {
         do {
             let supported = try host.supportedCPUID()
             try LegacyPlatform.writeMPTable(into: memory, cpus: config.cpus, supportedCPUID: supported)
+            try LegacyPlatform.writeACPITables(into: memory, cpus: config.cpus, pciInterrupts: devices.pciInterrupts)
             for id in 0..<config.cpus {
                 let vcpu = try vm.createVCPU(id: id)
                 try vcpu.setCPUID(CPUID.entries(supported: supported, vcpuID: id, vcpuCount: config.cpus,
@@ -219,6 +220,9 @@ public final class GuestMachine: @unchecked Sendable {
         public let oops: DecodedOops?
         /// `--expect` patterns matched before the end.
         public let expectationsMatched: Int
+        /// For a timeout: where interrupts stand (UART, IOAPIC, local APICs), the first
+        /// thing to look at when a guest sits in `hlt` waiting for one.
+        public let interrupts: String?
     }
 
     /// Run the guest until something ends it; returns the outcome. Call once.
@@ -305,8 +309,41 @@ public final class GuestMachine: @unchecked Sendable {
             let lines = (config.debugVmlinuxPath ?? (isELF(config.kernelPath) ? config.kernelPath : nil)).flatMap(SourceLines.init(path:))
             oops = DecodedOops.decode(seen, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
         }
+        var interrupts: String?
+        if outcome.name == "timeout" {
+            interrupts = interruptReport(runners.filter { $0.finished.load(ordering: .acquiring) }.map(\.vcpu))
+        }
         return RunResult(outcome: outcome, statistics: statistics(), crash: crash, oops: oops,
-                         expectationsMatched: progress.matched)
+                         expectationsMatched: progress.matched, interrupts: interrupts)
+    }
+
+    /// The UART's registers and its line, the IOAPIC pins that are unmasked or have something
+    /// latched, and each stopped vCPU's requested and in-service vectors.
+    func interruptReport(_ vcpus: [VCPU]) -> String {
+        let r = serial.registers
+        var lines = ["  serial: IER=\(Diagnostics.hex(r.ier)) IIR=\(Diagnostics.hex(r.iir)) LCR=\(Diagnostics.hex(r.lcr)) MCR=\(Diagnostics.hex(r.mcr)) LSR=\(Diagnostics.hex(r.lsr)) line \(r.irq ? "high" : "low")"]
+        for chip: UInt32 in 0...1 {
+            guard let p = vm.picState(chip: chip) else { continue }
+            func bits(_ b: UInt8) -> String { Diagnostics.hex(b, width: 2) }
+            lines.append("  PIC \(chip == 0 ? "master" : "slave "): IRR=\(bits(p.irr)) IMR=\(bits(p.imr)) ISR=\(bits(p.isr)) lines=\(bits(p.lastIRR)) ELCR=\(bits(p.elcr)) vectors \(Diagnostics.hex(p.vectorBase))+\(p.autoEOI ? " auto-EOI" : "")")
+        }
+        if let io = vm.ioapicState() {
+            var pins: [String] = []
+            for (pin, e) in io.entries.enumerated() where e & (1 << 16) == 0 || io.irr & (1 << UInt32(pin)) != 0 {
+                var d = "\(pin): vector \(Diagnostics.hex(e & 0xFF)) \(e & (1 << 15) != 0 ? "level" : "edge")"
+                if e & (1 << 16) != 0 { d += " masked" }
+                if e & (1 << 14) != 0 { d += " remote-IRR" }
+                if io.irr & (1 << UInt32(pin)) != 0 { d += " IRR" }
+                pins.append(d)
+            }
+            lines.append("  IOAPIC pins: \(pins.isEmpty ? "all masked, none pending" : pins.joined(separator: "; "))")
+        }
+        for vcpu in vcpus {
+            guard let v = vcpu.pendingVectors() else { continue }
+            func list(_ a: [UInt8]) -> String { a.isEmpty ? "none" : a.map { Diagnostics.hex($0) }.joined(separator: " ") }
+            lines.append("  vCPU \(vcpu.id) local APIC: requested \(list(v.requested)); in service \(list(v.inService)); LVT0=\(Diagnostics.hex(v.lvt0)) SVR=\(Diagnostics.hex(v.spurious)) TPR=\(Diagnostics.hex(v.taskPriority))")
+        }
+        return lines.joined(separator: "\n")
     }
 
     /// Symbols for reports: --system-map, else the debug vmlinux, else the kernel if it is an ELF.

@@ -1,3 +1,4 @@
+import Boot
 import Devices
 import KVM
 import Lifecycle
@@ -33,6 +34,8 @@ final class MachineDevices: @unchecked Sendable {
 
     let pci = PCIBus()
     private(set) var transports: [VirtioPCI] = []
+    /// Each device's slot and the GSI its INTA# raises, for the DSDT's _PRT.
+    private(set) var pciInterrupts: [ACPITables.PCIInterrupt] = []
     private var threads: [HostThread] = []
 
     init(config: VirtioConfig, vm: VirtualMachine, memory: GuestMemory, ports: IOBus, mmio: IOBus,
@@ -66,10 +69,12 @@ final class MachineDevices: @unchecked Sendable {
         let intx = SharedINTx(vm: vm)
         for (i, model) in models.enumerated() {
             do {
+                let gsi = Self.intxGSIs[i % Self.intxGSIs.count]
                 let transport = try VirtioPCI(device: model, memory: memory, vm: vm, router: router, intx: intx,
-                                              intxGSI: Self.intxGSIs[i % Self.intxGSIs.count], stopFD: stop.pollFD)
-                try pci.add(transport)
+                                              intxGSI: gsi, stopFD: stop.pollFD)
+                let slot = try pci.add(transport)
                 transports.append(transport)
+                pciInterrupts.append(ACPITables.PCIInterrupt(slot: slot, gsi: gsi))
             } catch {
                 throw .setup("\(model.name): \(error)")
             }

@@ -285,6 +285,9 @@ struct SwiftVMM: ParsableCommand {
         if let crash = result.crash {
             Diagnostics.line("swiftvmm: vCPU state at the end of the run:\n\(crash.text)")
         }
+        if let interrupts = result.interrupts {
+            Diagnostics.line("swiftvmm: interrupts at the end of the run:\n\(interrupts)")
+        }
         if let oops = result.oops {
             Diagnostics.line("swiftvmm: the console showed an oops; its frames resolve to:\n\(oops.text)")
         }

@@ -62,11 +62,25 @@ struct ExitContractTests {
         #expect(json?["outcome"] as? String == "shutdown")
     }
 
-    @Test("a kernel panic on the console ends the run at once with 72; the option turns it off")
+    @Test("a kernel panic on the console ends the run with 72 at the panic's last line, its stack trace kept; the option turns it off")
     func panic() throws {
-        let r = try bootMinimal(["panic"], options: ["--timeout=60s"])
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-panic-\(UUID()).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let r = try bootMinimal(["panic"], options: ["--timeout=60s", "--report=\(file.path)"])
+        let json = (try? JSONSerialization.jsonObject(with: Data(contentsOf: file))) as? [String: Any] ?? [:]
         #expect(r.status == 72, "\(r.stderr)")
         #expect(r.stderr.contains("kernel panic: Kernel panic - not syncing: minimal guest panics on request"))
+        #expect(r.stdout.contains("---[ end Kernel panic - not syncing: minimal guest panics on request ]---"))
+        // The stack Linux prints after the panic line made it into the report, symbolized.
+        let frames = ((json["oops"] as? [String: Any])?["frames"] as? [[String: Any]]) ?? []
+        #expect(frames.map { $0["symbol"] as? String } == ["panic_on_request", "run_ci_word"], "\(frames)")
+        #expect((frames.first?["file"] as? String)?.hasSuffix("guests/minimal/ci.c") == true, "\(frames)")
+        // A console cut short after the panic line: the run still ends, panicGrace later,
+        // and a reset during that time does not change the outcome.
+        let cut = try bootMinimal(["panic=cut", "hang=spin"], options: ["--timeout=60s"])
+        #expect(cut.status == 72, "\(cut.stderr)")
+        let reset = try bootMinimal(["panic=cut", "reboot"], options: ["--timeout=60s"])
+        #expect(reset.status == 72, "\(reset.stderr)")
         let off = try bootMinimal(["panic"], options: ["--no-panic-detection", "--timeout=1s"])
         #expect(off.status == 124)
     }
@@ -78,6 +92,13 @@ struct ExitContractTests {
         #expect(r.lines.contains("before"))
         #expect(r.stderr.contains("timed out after 1s"))
         #expect(r.stderr.contains("vCPU 0:"))           // registers of the stuck vCPU
+        // Where interrupts stand, for a guest that waits for one forever: the UART, the PIC
+        // pair (LINT0's ExtINT wiring), the IOAPIC and the local APIC.
+        #expect(r.stderr.contains("swiftvmm: interrupts at the end of the run:"), "\(r.stderr)")
+        #expect(r.stderr.contains("serial: IER=0x0 "), "\(r.stderr)")
+        #expect(r.stderr.contains("PIC master: IRR="), "\(r.stderr)")
+        #expect(r.stderr.contains("IOAPIC pins: "), "\(r.stderr)")
+        #expect(r.stderr.contains("vCPU 0 local APIC: requested none; in service none; LVT0=0x700"), "\(r.stderr)")
     }
 
     @Test("--timeout with two vCPUs, one of them never started")

@@ -178,6 +178,7 @@ struct LinuxBootStructureTests {
         #expect(reg(0x80 | 0x40) == 0x5A)                            // bit 7 is the NMI mask, not the index
         let stop = StopController()
         let kbd = I8042(stop: stop)
+        #expect(kbd.read(offset: 4, size: 1) & 0x14 == 0x14)        // self-tested, keyboard not inhibited
         kbd.write(offset: 4, size: 1, value: 0xAA)
         #expect(kbd.read(offset: 4, size: 1) & 1 == 1)
         #expect(kbd.read(offset: 0, size: 1) == 0x55)
@@ -188,6 +189,19 @@ struct LinuxBootStructureTests {
         #expect(stop.outcome == nil)
         kbd.write(offset: 4, size: 1, value: 0xFE)
         #expect(stop.outcome == .reboot)
+    }
+
+    @Test("ACPI sleep control: SLP_EN with sleep type 5 (\\_S5) is a clean shutdown; anything else is ignored")
+    func acpiSleepControl() {
+        let stop = StopController()
+        let sleep = ACPISleepControl(stop: stop)
+        sleep.write(offset: 1, size: 1, value: 0x80)            // clear WAK_STS in the status register
+        sleep.write(offset: 0, size: 1, value: 5 << 2)          // the type without SLP_EN
+        sleep.write(offset: 0, size: 1, value: 3 << 2 | 0x20)   // S3 is not offered
+        #expect(sleep.read(offset: 1, size: 1) == 0)
+        #expect(stop.outcome == nil)
+        sleep.write(offset: 0, size: 1, value: 5 << 2 | 0x20)   // what Linux's acpi_power_off writes
+        #expect(stop.outcome == .shutdown)
     }
 
     @Test("--pvm-host clears CX16 and the KVM features that lead to vmcall, nothing else")

@@ -70,12 +70,12 @@ struct DebianBootTests {
 
     /// Boot with an initrd and watch the console until the RAMDISK line (and `extra`) has
     /// appeared; then check everything before it against what swiftvmm said it set up.
-    func boot(_ kernel: String, memory: String = "128m", options: [String] = [], extra: [String] = [],
-              timeout: TimeInterval) throws -> ConsoleWatch {
+    func boot(_ kernel: String, memory: String = "128m", options: [String] = [], words: [String] = [],
+              extra: [String] = [], timeout: TimeInterval) throws -> ConsoleWatch {
         try requireKVMAndGuest()
         let initrd = try makeInitrd(size: 300_000)
-        let args = ["--verbose", "--pvm-host", "--initrd", initrd] + options + [memory, kernel] + Self.kernelWords
-        let commandLine = (Self.kernelWords + ["console=ttyS0"]).joined(separator: " ")
+        let args = ["--verbose", "--pvm-host", "--initrd", initrd] + options + [memory, kernel] + Self.kernelWords + words
+        let commandLine = (Self.kernelWords + words + ["console=ttyS0"]).joined(separator: " ")
         let w = try watchVMM(args, until: ["Linux version 6.", "Command line: \(commandLine)\n", "RAMDISK: [mem "] + extra,
                              timeout: timeout)
         let map = Self.e820Lines(from: w.stderr)
@@ -110,9 +110,11 @@ struct DebianBootTests {
         #expect(w.allSeen)
     }
 
-    @Test("--cpus 2: Linux reads the MP table and finds both processors and the IOAPIC")
+    @Test("--cpus 2, acpi=off: Linux reads the MP table and finds both processors and the IOAPIC")
     func smp() throws {
-        let w = try boot(try DebianKernel.path("generic", "vmlinux"), options: ["--cpus", "2"], extra: [
+        // With ACPI (the default) Linux prefers the MADT; acpi=off leaves it the MP table, which
+        // kernels built without ACPI (the project's test kernel) depend on.
+        let w = try boot(try DebianKernel.path("generic", "vmlinux"), options: ["--cpus", "2"], words: ["acpi=off"], extra: [
             "found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]",
             "Intel MultiProcessor Specification v1.4",
             "MPTABLE: OEM ID: SWIFTVMM",
@@ -121,8 +123,35 @@ struct DebianBootTests {
             "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23",
             "smpboot: Allowing 2 CPUs, 0 hotplug CPUs",
         ], timeout: 300)
-        Self.report("generic vmlinux, --cpus 2", w)
+        Self.report("generic vmlinux, --cpus 2, acpi=off", w)
         #expect(w.allSeen)
+    }
+
+    /// Debian's cloud kernel has no MP-table parser: before swiftvmm had ACPI tables it said
+    /// "APIC: ACPI MADT or MP tables are not detected" and ran on one CPU with every interrupt
+    /// through the 8259 ("virtual wire mode", "SMP disabled").
+    @Test("--cpus 2: the cloud kernel finds swiftvmm's ACPI tables, both CPUs and the IOAPIC, and goes to symmetric I/O mode")
+    func acpi() throws {
+        let w = try boot(try DebianKernel.path("cloud", "vmlinux"), options: ["--cpus", "2", "--rng"], extra: [
+            "ACPI: RSDP 0x00000000000E0000 000024 (v02 SWVMM )",
+            "ACPI: XSDT 0x00000000000E0030 000034 (v01 SWVMM  SWIFTVMM 00000001 SVMM 00000001)",
+            "ACPI: FACP 0x00000000000E0070 000114 (v06 SWVMM  SWIFTVMM",
+            "ACPI: APIC 0x00000000000E0190 000058 (v04 SWVMM  SWIFTVMM",
+            "ACPI: DSDT 0x00000000000E01F0 ",
+            "ACPI: LAPIC_NMI (acpi_id[0xff] dfl dfl lint[0x1])",
+            "IOAPIC[0]: apic_id 2, version 17, address 0xfec00000, GSI 0-23",
+            "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 0 dfl dfl)",
+            "ACPI: Using ACPI (MADT) for SMP configuration information",
+            "smpboot: Allowing 2 CPUs, 0 hotplug CPUs",
+            // Hardware-reduced ACPI: Linux leaves the 8259s alone, no ISA IRQ is preallocated.
+            "preallocated irqs: 0",
+            "APIC: Switch to symmetric I/O mode setup",
+        ], timeout: 300)
+        Self.report("cloud vmlinux, --cpus 2, ACPI", w)
+        #expect(w.allSeen)
+        for wrong in ["MADT or MP tables are not detected", "virtual wire mode", "SMP disabled", "ACPI Error", "ACPI BIOS Error"] {
+            #expect(!w.output.contains(wrong), "the kernel printed \(wrong)")
+        }
     }
 
     @Test("Debian bzImage: both entries (64-bit at +0x200, 32-bit startup_32) reach its decompressor's console",

@@ -1,5 +1,6 @@
 import Devices
 import Foundation
+import Lifecycle
 import Testing
 
 /// The UART's registers, driven as the 8250 driver does, without a VM.
@@ -121,5 +122,61 @@ struct SerialTests {
         #expect(h.inb(6) & 0x0F == 0)           // deltas clear on read
         h.out(4, 0)
         #expect(h.output().isEmpty)
+    }
+}
+
+@Suite("Console monitor")
+struct ConsoleMonitorTests {
+    /// Linux 6.1's panic() from `echo c > /proc/sysrq-trigger`, as the console showed it on the
+    /// real-KVM bed (shortened): the panic line, then the stack, which ends in the registers of
+    /// the system call it came from, then the panic's last line.
+    static let sysrqPanic = """
+        [   10.697559] Kernel panic - not syncing: sysrq triggered crash
+        [   10.710225] CPU: 0 PID: 84 Comm: sh Not tainted 6.1.0-56-cloud-amd64 #1  Debian 6.1.192-2
+        [   10.722451] Call Trace:
+        [   10.727984]  <TASK>
+        [   10.732963]  dump_stack_lvl+0x44/0x5c
+        [   10.741717]  panic+0x118/0x2f4
+        [   10.750505]  ? _printk+0x68/0x83
+        [   10.756693]  sysrq_handle_crash+0x16/0x20
+        [   10.765289]  __handle_sysrq.cold+0x44/0x11c
+        [   10.903316]  entry_SYSCALL_64_after_hwframe+0x6e/0xd8
+        [   10.911262] RIP: 0033:0x47b7a0
+        [   10.944086] RSP: 002b:00007fffef64c328 EFLAGS: 00000202 ORIG_RAX: 0000000000000001
+        [   11.016405]  </TASK>
+        [   11.023032] Kernel Offset: 0x9000000 from 0xffffffff81000000
+        [   11.040231] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---
+
+        """
+
+    @Test("a panic decides the run at its first line; its stack trace after it is kept, the user-space RIP inside it is not a new oops")
+    func panicTrace() throws {
+        let stop = StopController()
+        let monitor = try ConsoleMonitor(expect: [], failOn: [], detectPanic: true, stop: stop, timeline: nil)
+        let devNull = open("/dev/null", O_WRONLY)
+        defer { close(devNull) }
+        let console = Console(fd: devNull, monitor: monitor)
+        let lines = Self.sysrqPanic.split(separator: "\n").map { Array(($0 + "\n").utf8) }
+        // Up to the stack: decided, not stopped.
+        for line in lines.prefix(5) { line.withUnsafeBytes { console.write($0) } }
+        #expect(stop.outcome == nil && !stop.isStopping)
+        for line in lines.dropFirst(5) { line.withUnsafeBytes { console.write($0) } }
+        #expect(stop.outcome == .kernelPanic(line: "[   10.697559] Kernel panic - not syncing: sysrq triggered crash"))
+        let frames = try #require(monitor.oops).frames
+        #expect(frames == ["dump_stack_lvl+0x44/0x5c", "panic+0x118/0x2f4", "? _printk+0x68/0x83", "sysrq_handle_crash+0x16/0x20",
+                           "__handle_sysrq.cold+0x44/0x11c", "entry_SYSCALL_64_after_hwframe+0x6e/0xd8"])
+        #expect(monitor.oops?.ripLine == nil)
+    }
+
+    @Test("a decided panic wins over whatever stops the run during its grace time")
+    func decidedOutcomeWins() {
+        let stop = StopController()
+        stop.decide(.kernelPanic(line: "panic"), stoppingWithin: 60)
+        #expect(!stop.isStopping)
+        stop.stop(.reboot)
+        #expect(stop.outcome == .kernelPanic(line: "panic"))
+        let timed = StopController()
+        timed.decide(.kernelPanic(line: "cut short"), stoppingWithin: 0.05)
+        #expect(timed.wait(timeout: 60) == .kernelPanic(line: "cut short"))
     }
 }

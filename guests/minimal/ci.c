@@ -79,6 +79,27 @@ void oops_outer(void)
 	asm volatile("" ::: "memory");
 }
 
+void panic_on_request(bool cut) __attribute__((noinline));
+
+/*
+ * What Linux's panic() prints: the line that decides, then the stack, then its last line.
+ * swiftvmm decides the run at the first and keeps the console going until the last, so the
+ * stack makes it into the report.  `cut` stops after the first line, as a console cut short.
+ */
+void panic_on_request(bool cut)
+{
+	u64 here;
+
+	asm volatile("lea 0(%%rip), %0" : "=r"(here));
+	print("Kernel panic - not syncing: minimal guest panics on request\n");
+	if (cut)
+		return;
+	print("Call Trace:\n <TASK>\n");
+	print_frame(" ", "panic_on_request", (u64)panic_on_request, here);
+	print_frame(" ", "run_ci_word", (u64)run_ci_word, (u64)__builtin_return_address(0));
+	print(" </TASK>\n---[ end Kernel panic - not syncing: minimal guest panics on request ]---\n");
+}
+
 /*
  * popcnt with a memory operand in the PCI hole, where there is no RAM: the
  * access is MMIO, so KVM must emulate the instruction, and its emulator has
@@ -113,8 +134,11 @@ bool run_ci_word(const char *w, size_t n)
 		print("reboot: Power down\n");
 		hang(true);
 	} else if (word_is(w, n, "panic")) {
-		print("Kernel panic - not syncing: minimal guest panics on request\n");
+		panic_on_request(false);
+		asm volatile("" ::: "memory");	/* keep the call a call */
 		hang(false);
+	} else if (word_is(w, n, "panic=cut")) {
+		panic_on_request(true);		/* and on to the next word */
 	} else if (word_is(w, n, "oops")) {
 		oops_outer();
 	} else if (word_is(w, n, "hang=spin")) {
