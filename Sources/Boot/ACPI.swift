@@ -14,7 +14,7 @@ import Memory
 ///           (port 0x600: power-off); -> DSDT
 ///     MADT  one local APIC per vCPU, the IOAPIC, IRQ 0 on GSI 0, LINT1 NMI
 ///     DSDT  AML: the PCI root bridge with its interrupt routing (_PRT), the legacy devices
-///           swiftvmm has: COM1, the i8042 (keyboard and aux ports), the CMOS clock; \_S5
+///           swiftvmm has: COM1, the i8042 (its keyboard port), the CMOS clock; \_S5
 ///
 /// Hardware-reduced means Linux leaves the 8259s alone and sets up no ISA interrupt by
 /// itself: a legacy device gets its interrupt only through a DSDT entry, which is why COM1
@@ -226,7 +226,9 @@ public struct ACPITables: Sendable {
     ///         }
     ///         Device (COM1) { _HID PNP0501, I/O 0x3F8-0x3FF, IRQ 4 }
     ///         Device (PS2K) { _HID PNP0303, I/O 0x60 and 0x64, IRQ 1 }   the i8042's keyboard
-    ///         Device (PS2M) { _HID PNP0F13, IRQ 12 }                     and aux ports
+    ///                                      port only: no PS2M, so Linux probes no aux port (a
+    ///                                      mouse swiftvmm does not have; the probe would poll
+    ///                                      out a 10000-read timeout)
     ///         Device (RTC)  { _HID PNP0B00, I/O 0x70-0x71, IRQ 8 }
     ///     }
     ///     Name (\_S5, Package () { 5, 5 })         "soft off" is sleep type 5
@@ -260,7 +262,6 @@ public struct ACPITables: Sendable {
             pci,
             isa("COM1", "PNP0501", [R.io(0x3F8, length: 8), R.irq(4)]),
             isa("PS2K", "PNP0303", [R.io(0x60, length: 1), R.io(0x64, length: 1), R.irq(1)]),
-            isa("PS2M", "PNP0F13", [R.irq(12)]),
             isa("RTC", "PNP0B00", [R.io(0x70, length: 2), R.irq(8)]),
         ])
         // \_S5: the sleep type to write to the sleep control register for "soft off".
