@@ -294,9 +294,3 @@ public struct ACPITables: Sendable {
         return b
     }
 }
-
-extension Bytes {
-    mutating func put(_ ascii: String, at offset: Int) {
-        for (i, c) in ascii.utf8.enumerated() { bytes[offset + i] = c }
-    }
-}

@@ -44,7 +44,7 @@ public struct MPTable {
         }
         var bus = Bytes(count: 8)
         bus.set(UInt8(1), at: 0)                            // bus 0: ISA
-        for (i, c) in "ISA   ".utf8.enumerated() { bus.set(c, at: 2 + i) }
+        bus.put("ISA   ", at: 2)
         append(bus)
         var ioapic = Bytes(count: 8)
         ioapic.set(UInt8(2), at: 0)
@@ -74,18 +74,18 @@ public struct MPTable {
         }
 
         var header = Bytes(count: Self.headerSize)
-        for (i, c) in "PCMP".utf8.enumerated() { header.set(c, at: i) }
+        header.put("PCMP", at: 0)
         header.set(UInt16(Self.headerSize + entries.count), at: 4)
         header.set(UInt8(4), at: 6)                         // spec revision 1.4
-        for (i, c) in "SWIFTVMM".utf8.enumerated() { header.set(c, at: 8 + i) }
-        for (i, c) in "KVM GUEST   ".utf8.enumerated() { header.set(c, at: 16 + i) }
+        header.put("SWIFTVMM", at: 8)
+        header.put("KVM GUEST   ", at: 16)
         header.set(UInt16(count), at: 34)
         header.set(Self.localAPICAddress, at: 36)
         var table = header.bytes + entries
         table[7] = Self.checksum(table)
 
         var fp = Bytes(count: Self.floatingPointerSize)
-        for (i, c) in "_MP_".utf8.enumerated() { fp.set(c, at: i) }
+        fp.put("_MP_", at: 0)
         fp.set(UInt32(truncatingIfNeeded: address + UInt64(Self.floatingPointerSize)), at: 4)
         fp.set(UInt8(1), at: 8)                             // length in 16-byte units
         fp.set(UInt8(4), at: 9)                             // spec revision 1.4

@@ -53,6 +53,10 @@ struct Bytes {
             for (i, b) in src.enumerated() { bytes[offset + i] = b }
         }
     }
+    /// An ASCII signature or ID field (the tables' "PCMP", "RSD PTR ", OEM IDs).
+    mutating func put(_ ascii: String, at offset: Int) {
+        for (i, c) in ascii.utf8.enumerated() { bytes[offset + i] = c }
+    }
 }
 
 /// Little-endian reads from a byte array, bounds-checked: nil past the end.
