@@ -46,7 +46,7 @@ struct LinuxVirtioTests {
         let ns = try VirtioGuestTests.Namespace(tap: "tap0")
         let r = try boot(["--verbose", "64m", kernel, "--block=\(vda.path)", "--block=\(vdb.path),ro",
                           "--tunnet=tap0,mac=52:54:00:12:34:56", "--rng"] + Self.commandLine,
-                         launcher: ["/usr/sbin/ip", "netns", "exec", ns.name], until: "Kernel panic", timeout: 1200)
+                         launcher: ["/usr/sbin/ip", "netns", "exec", ns.name], until: "Kernel panic", timeout: 600)
         for id in ["[1af4:1042] type 00 class 0x010000", "[1af4:1041] type 00 class 0x020000", "[1af4:1044] type 00 class 0xff0000"] {
             #expect(r.stdout.contains(id), "missing PCI device \(id)")
         }
