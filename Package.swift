@@ -7,7 +7,9 @@
 //   Memory         guest RAM: mapping, layout, bounds-checked guest-physical access
 //   Lifecycle      how a run ends (outcomes, stop requests), tracing and counters
 //   Boot           kernel loaders and the CPU/memory state a kernel is entered with
-//   Devices        the I/O bus and one file per device model
+//   Backends       where devices' data lives: block images, taps (what a test can replace)
+//   Devices        the I/O bus and one file per device model; interrupts and doorbells
+//                  through protocols (Machine implements them over KVM)
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
 //   Machine        assembles a VM from a configuration and runs the vCPU loops
 //   swiftvmm       the command line
@@ -29,15 +31,16 @@ let package = Package(
         .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
         .target(name: "Lifecycle", dependencies: ["CSystem"]),
         .target(name: "Boot", dependencies: ["KVM", "Memory", "Lifecycle", "CLibElf"]),
-        .target(name: "Devices", dependencies: ["KVM", "Memory", "Lifecycle", "CSystem"]),
+        .target(name: "Backends", dependencies: ["CSystem"]),
+        .target(name: "Devices", dependencies: ["Memory", "Lifecycle", "Backends", "CSystem"]),
         .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "Lifecycle", "Devices", "CSystem"]),
-        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls", "CSystem"]),
+        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Backends", "Devices", "Hypercalls", "CSystem"]),
         .executableTarget(name: "swiftvmm", dependencies: [
             "Machine", "Boot", "Memory", "Lifecycle", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [
-            "KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls", "Machine", "swiftvmm",
+            "KVM", "Memory", "Lifecycle", "Boot", "Backends", "Devices", "Hypercalls", "Machine", "swiftvmm",
         ]),
     ]
 )

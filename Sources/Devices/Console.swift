@@ -29,8 +29,8 @@ public final class Console: @unchecked Sendable {
     private var closing = false
     private var threaded = false
     /// Bytes are waiting (vCPUs to the output thread) / room was made (the other way).
-    private let dataReady = makeEventFD()
-    private let roomReady = makeEventFD()
+    private let dataReady = EventFD()
+    private let roomReady = EventFD()
     private let writerDone = Atomic<Bool>(false)
     private var writer: HostThread?
 
@@ -41,11 +41,6 @@ public final class Console: @unchecked Sendable {
         self.logFD = logFD
         self.monitor = monitor
         self.timeline = timeline
-    }
-
-    deinit {
-        closeFD(dataReady)
-        closeFD(roomReady)
     }
 
     /// Start the output thread. Call before any vCPU runs.
@@ -59,7 +54,7 @@ public final class Console: @unchecked Sendable {
     public func finish(waitingUpTo seconds: Double = 2) {
         guard let writer else { return }
         lock.withLock { _ in closing = true }
-        signalEventFD(dataReady)
+        dataReady.signal()
         let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
         while !writerDone.load(ordering: .acquiring) && monotonicNanoseconds() < deadline { usleep(50) }
         if writerDone.load(ordering: .acquiring) { writer.join() }
@@ -93,12 +88,12 @@ public final class Console: @unchecked Sendable {
             first = false
             offset += taken
             guard threaded else { return }
-            if wake { signalEventFD(dataReady) }
+            if wake { dataReady.signal() }
             if offset < bytes.count {
                 // The backlog is full: wait for the output thread to make room.
-                var pfd = pollfd(fd: roomReady, events: Int16(POLLIN), revents: 0)
+                var pfd = pollfd(fd: roomReady.fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&pfd, 1, 100)
-                drainEventFD(roomReady)
+                roomReady.drain()
             }
         }
     }
@@ -109,9 +104,9 @@ public final class Console: @unchecked Sendable {
         let chunk = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 16)
         defer { chunk.deallocate() }
         while true {
-            var pfd = pollfd(fd: dataReady, events: Int16(POLLIN), revents: 0)
+            var pfd = pollfd(fd: dataReady.fd, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, -1)
-            drainEventFD(dataReady)
+            dataReady.drain()
             // A guest printing byte by byte through the UART would otherwise wake us for
             // nearly every byte (the backlog empties as fast as we write it). Letting bytes
             // gather for a moment turns that into one write per burst, well below what a
@@ -123,7 +118,7 @@ public final class Console: @unchecked Sendable {
                     if closing { return }
                     break
                 }
-                signalEventFD(roomReady)
+                roomReady.signal()
                 if !quiet { Self.writeAll(fd, chunk, n) }
                 if let logFD { Self.writeAll(logFD, chunk, n) }
             }
@@ -240,7 +235,7 @@ public final class ConsoleInput: @unchecked Sendable {
         var interrupts: [timespec] = []
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: stop.pollFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: serial.roomAvailable, events: Int16(POLLIN), revents: 0)]
+                   pollfd(fd: serial.roomAvailable.fd, events: Int16(POLLIN), revents: 0)]
         while !stop.isStopping {
             let room = serial.receiveSpace
             // While the guest's receive buffer is full, leave the bytes in the host's buffer
@@ -249,7 +244,7 @@ public final class ConsoleInput: @unchecked Sendable {
             let r = poll(&fds, 3, room == 0 ? 100 : -1)
             if r < 0 && errno != EINTR { return }
             if fds[1].revents != 0 { return }
-            if fds[2].revents != 0 { drainEventFD(serial.roomAvailable) }
+            if fds[2].revents != 0 { serial.roomAvailable.drain() }
             guard room > 0, fds[0].revents != 0 else { continue }
             let n = read(fd, &buffer, min(room, buffer.count))
             if n == 0 { return }                           // EOF: the guest just gets no more input

@@ -7,6 +7,8 @@ import Synchronization
 ///
 /// Devices subclass this and override both methods. The vCPU loop calls them through the
 /// class's vtable: one indirect call, no existential boxing, no closure, no allocation.
+/// Unchecked Sendable because it is open (Swift checks only final classes); its own state is
+/// constants and atomics, and every device model keeps what it changes inside a `Mutex`.
 open class BusDevice: @unchecked Sendable {
     /// Shown in traces and reports.
     public let name: String
@@ -25,19 +27,24 @@ open class BusDevice: @unchecked Sendable {
 
 public enum BusError: Error, CustomStringConvertible {
     case overlap(new: String, existing: String, address: UInt64)
+    case sealed(new: String, bus: String)
     public var description: String {
         switch self {
         case .overlap(let new, let existing, let address):
             return "\(new) at \(Diagnostics.hex(address)) overlaps \(existing)"
+        case .sealed(let new, let bus):
+            return "\(new): the \(bus) bus is sealed (devices are added only while the machine is built)"
         }
     }
 }
 
 /// An address space (port I/O or MMIO) with devices registered on ranges of it.
 ///
-/// Devices are registered while the machine is assembled, before any vCPU runs; after that
-/// the bus is only read, so lookups take no lock. A sorted array and a binary search: with
-/// the handful of devices a VM has, this is a few compares per access.
+/// Devices are registered while the machine is assembled; `seal()` then closes the bus before
+/// any vCPU runs, and from there it is only read, so lookups take no lock. A sorted array and
+/// a binary search: with the handful of devices a VM has, this is a few compares per access.
+/// Unchecked Sendable: the tables are written only before `seal()` (enforced there) and read
+/// without a lock after it.
 public final class IOBus: @unchecked Sendable {
     public let name: String
 
@@ -86,7 +93,14 @@ public final class IOBus: @unchecked Sendable {
 
     deinit { free(portSlots) }
 
+    /// Set once the machine is built; `register` refuses from then on.
+    private let isSealed = Atomic<Bool>(false)
+
+    /// No more devices: from now on the bus is only read, by vCPUs, without a lock.
+    public func seal() { isSealed.store(true, ordering: .releasing) }
+
     public func register(_ device: BusDevice, at base: UInt64, length: UInt64) throws(BusError) {
+        guard !isSealed.load(ordering: .acquiring) else { throw .sealed(new: device.name, bus: name) }
         for e in entries where base < e.base + e.length && e.base < base + length {
             throw .overlap(new: device.name, existing: e.device.takeUnretainedValue().name, address: base)
         }

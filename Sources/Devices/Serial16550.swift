@@ -12,7 +12,7 @@ import Synchronization
 ///   1  IER                           DLM when DLAB=1
 ///   2  IIR (read) / FCR (write)
 ///   3  LCR   4 MCR   5 LSR   6 MSR   7 SCR
-public final class Serial16550: BusDevice, @unchecked Sendable {
+public final class Serial16550: BusDevice {
     public static let com1Port: UInt64 = 0x3F8
     public static let com1IRQ: UInt32 = 4
     public static let portCount: UInt64 = 8
@@ -58,16 +58,14 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
     private let console: Console
     /// Made readable when the guest frees room in a full receive buffer, so the input thread
     /// can hand over more without polling.
-    public let roomAvailable: Int32
+    public let roomAvailable: EventFD
 
     public init(name: String = "serial0 (COM1)", irq: IRQLine?, console: Console) {
         self.irq = irq
         self.console = console
-        self.roomAvailable = makeEventFD()
+        self.roomAvailable = EventFD()
         super.init(name: name)
     }
-
-    deinit { closeFD(roomAvailable) }
 
     // MARK: Guest side
 
@@ -79,7 +77,7 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
                 if s.lcr & Self.lcrDLAB != 0 { return s.dll }
                 let wasFull = s.rxSpace == 0
                 value = s.rx.pop() ?? 0
-                if wasFull { signalEventFD(roomAvailable) }
+                if wasFull { roomAvailable.signal() }
             case 1:
                 value = s.lcr & Self.lcrDLAB != 0 ? s.dlm : s.ier
             case 2:

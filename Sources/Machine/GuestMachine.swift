@@ -116,7 +116,7 @@ public final class GuestMachine: @unchecked Sendable {
         }
 
         // Devices.
-        serial = Serial16550(irq: IRQLine(vm: vm, gsi: Serial16550.com1IRQ), console: console)
+        serial = Serial16550(irq: IRQLine(sink: KVMInterrupts(vm: vm), line: Serial16550.com1IRQ), console: console)
         do {
             try ports.register(serial, at: Serial16550.com1Port, length: Serial16550.portCount)
             try LegacyPlatform.register(on: ports, stop: stop)
@@ -130,6 +130,9 @@ public final class GuestMachine: @unchecked Sendable {
 
         devices = try MachineDevices(config: config.virtio, vm: vm, memory: memory, ports: ports, mmio: mmio,
                                      stop: stop, trace: config.trace)
+        // Every device is on its bus: from here the buses are only read, by vCPUs, unlocked.
+        ports.seal()
+        mmio.seal()
 
         // vCPUs, each placed at the kernel's entry.
         let handler = HypercallHandler(memory: memory, console: console, stop: stop)

@@ -38,8 +38,11 @@ final class MachineDevices: @unchecked Sendable {
     private(set) var pciInterrupts: [ACPITables.PCIInterrupt] = []
     private var threads: [HostThread] = []
 
+    private let stopFD: Int32
+
     init(config: VirtioConfig, vm: VirtualMachine, memory: GuestMemory, ports: IOBus, mmio: IOBus,
          stop: StopController, trace: TraceOptions) throws(MachineError) {
+        stopFD = stop.pollFD
         do {
             try ports.register(pci.configPorts, at: PCIBus.configAddressPort, length: PCIBus.configPortCount)
             try mmio.register(pci.window, at: PCIBus.mmioWindow.lowerBound,
@@ -47,7 +50,7 @@ final class MachineDevices: @unchecked Sendable {
         } catch {
             throw .setup(error.description)
         }
-        var models: [VirtioDevice] = []
+        var models: [any VirtioDeviceModel] = []
         for (i, block) in config.blocks.enumerated() {
             do {
                 models.append(try VirtioBlock(path: block.path, readOnly: block.readOnly, index: i, trace: trace))
@@ -65,13 +68,13 @@ final class MachineDevices: @unchecked Sendable {
         if config.rng { models.append(VirtioRNG(trace: trace)) }
         guard !models.isEmpty else { return }
 
-        let router = InterruptRouter(vm: vm)
-        let intx = SharedINTx(vm: vm)
+        let kvm = KVMInterrupts(vm: vm)
+        let intx = SharedLines(sink: kvm)
         for (i, model) in models.enumerated() {
             do {
                 let gsi = Self.intxGSIs[i % Self.intxGSIs.count]
-                let transport = try VirtioPCI(device: model, memory: memory, vm: vm, router: router, intx: intx,
-                                              intxGSI: gsi, stopFD: stop.pollFD)
+                let transport = try VirtioPCI(device: model, memory: memory, interrupts: kvm, intx: intx,
+                                              intxLine: gsi, doorbells: kvm)
                 let slot = try pci.add(transport)
                 transports.append(transport)
                 pciInterrupts.append(ACPITables.PCIInterrupt(slot: slot, gsi: gsi))
@@ -83,7 +86,7 @@ final class MachineDevices: @unchecked Sendable {
 
     /// Start one thread per device; they end when the run stops.
     func start() {
-        threads = transports.map { $0.start() }
+        threads = transports.map { $0.start(stopFD: stopFD) }
     }
 
     func join() {
@@ -92,7 +95,7 @@ final class MachineDevices: @unchecked Sendable {
     }
 
     var guestErrors: UInt64 {
-        transports.reduce(0) { $0 + $1.device.guestErrors.load(ordering: .relaxed) }
+        transports.reduce(0) { $0 + $1.device.counters.guestErrors.load(ordering: .relaxed) }
     }
 
     /// One line per device for `--verbose`.
@@ -100,12 +103,12 @@ final class MachineDevices: @unchecked Sendable {
         transports.map { t in
             let d = t.device
             let status = t.status
-            let driver = status & VirtioPCI.statusDriverOK != 0
+            let driver = status & Virtio.statusDriverOK != 0
                 ? "at exit driver ok (features 0x\(String(t.negotiatedFeatures, radix: 16)))" : "at exit reset"
-            var line = "\(d.name): \(driver)\(status & VirtioPCI.statusNeedsReset != 0 ? " (needs reset)" : ""), "
-                + "\(d.requests.load(ordering: .relaxed)) requests, "
-                + "\(t.interruptsSent.load(ordering: .relaxed)) interrupts (\(t.msixMessages.load(ordering: .relaxed)) MSI-X, "
-                + "\(t.intxAssertions.load(ordering: .relaxed)) INTx), \(d.guestErrors.load(ordering: .relaxed)) guest errors"
+            var line = "\(d.name): \(driver)\(status & Virtio.statusNeedsReset != 0 ? " (needs reset)" : ""), "
+                + "\(d.counters.requests.load(ordering: .relaxed)) requests, "
+                + "\(t.interrupts.raised.load(ordering: .relaxed)) interrupts (\(t.interrupts.messagesSent.load(ordering: .relaxed)) MSI-X, "
+                + "\(t.interrupts.intxAssertions.load(ordering: .relaxed)) INTx), \(d.counters.guestErrors.load(ordering: .relaxed)) guest errors"
             if let net = d as? VirtioNet {
                 line += ", frames \(net.framesReceived.load(ordering: .relaxed)) in / \(net.framesSent.load(ordering: .relaxed)) out / \(net.framesDropped.load(ordering: .relaxed)) dropped"
             }

@@ -1,5 +1,6 @@
 import Glibc
 import KVM
+import Machine
 import Devices
 import Memory
 import Testing
@@ -164,59 +165,60 @@ struct KVMInterruptTests {
         return vm
     }
 
-    @Test("GSI routing: PC defaults plus MSI routes install; irqfds attach to routed GSIs")
+    @Test("GSI routing: PC defaults plus MSI routes install; message vectors are irqfds on routed GSIs")
     func routing() throws {
         let vm = try makeVM()
-        let router = InterruptRouter(vm: vm)
-        let first = router.allocateGSIs(3)
-        #expect(first == 24 && router.allocateGSIs(1) == 27)
-        var entry = MSIXTable.Entry()
-        entry.addressLow = 0xFEE0_0000
-        entry.data = 0x30
-        entry.control = 0
-        try router.route(first, to: entry)
-        try router.route(first + 1, to: entry)
-        try router.route(first, to: nil)
-        let efd = makeEventFD()
-        defer { close(efd) }
-        try vm.assignIRQFD(efd, gsi: first + 1)
-        try vm.removeIRQFD(efd, gsi: first + 1)
+        let kvm = KVMInterrupts(vm: vm)
+        let vectors = try kvm.messageVectors(count: 3)
+        #expect(vectors.first == 24 && vectors.count == 3)
+        #expect(try kvm.messageVectors(count: 1).first == 27)
+        let message = MSIMessage(addressLow: 0xFEE0_0000, data: 0x30)
+        try kvm.program(vectors, 0, message)
+        try kvm.program(vectors, 1, message)
+        try kvm.program(vectors, 0, nil)
+        // Each vector's eventfd is already an irqfd on its GSI: KVM refuses it a second time.
+        #expect(throws: KVMError.self) { try vm.assignIRQFD(vectors.events[1].fd, gsi: vectors.first + 1) }
+        vectors.send(1)
         #expect(GSIRoute.pcDefaults.count == 24 + 15)
         #expect(GSIRoute.pcDefaults.contains(.irqchip(gsi: 4, chip: 0, pin: 4)))
         #expect(GSIRoute.pcDefaults.contains(.irqchip(gsi: 20, chip: 2, pin: 20)))
     }
 
-    @Test("ioeventfds: assign, refuse a duplicate, deassign")
+    @Test("ioeventfds: assign, refuse a duplicate, deassign; doorbells through the registrar")
     func ioeventfds() throws {
         let vm = try makeVM()
-        let efd = makeEventFD()
-        defer { close(efd) }
-        try vm.addIOEventFD(efd, address: 0xC000_2000, length: 2)
-        #expect(throws: KVMError.self) { try vm.addIOEventFD(efd, address: 0xC000_2000, length: 2) }
-        try vm.removeIOEventFD(efd, address: 0xC000_2000, length: 2)
-        try vm.addIOEventFD(efd, address: 0x510, length: 1, pio: true, datamatch: 7)
-        try vm.removeIOEventFD(efd, address: 0x510, length: 1, pio: true, datamatch: 7)
+        let efd = EventFD()
+        try vm.addIOEventFD(efd.fd, address: 0xC000_2000, length: 2)
+        #expect(throws: KVMError.self) { try vm.addIOEventFD(efd.fd, address: 0xC000_2000, length: 2) }
+        try vm.removeIOEventFD(efd.fd, address: 0xC000_2000, length: 2)
+        try vm.addIOEventFD(efd.fd, address: 0x510, length: 1, pio: true, datamatch: 7)
+        try vm.removeIOEventFD(efd.fd, address: 0x510, length: 1, pio: true, datamatch: 7)
+        let kvm = KVMInterrupts(vm: vm)
+        try kvm.attach(efd, address: 0xC000_4000, width: 2)
+        #expect(throws: WiringError.self) { try kvm.attach(efd, address: 0xC000_4000, width: 2) }
+        kvm.detach(efd, address: 0xC000_4000, width: 2)
+        try kvm.attach(efd, address: 0xC000_4000, width: 2)
     }
 
-    @Test("a virtio device on a real VM: BAR 0 decoding moves its ioeventfds, MSI-X writes install routes")
+    @Test("a virtio device on a real VM: BAR 0 decoding moves its doorbells, MSI-X writes install routes")
     func transportOnVM() throws {
         let vm = try makeVM()
         let memory = try GuestMemory(size: 4 << 20)
         let bus = PCIBus()
-        let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, vm: vm, router: InterruptRouter(vm: vm),
-                                      intx: SharedINTx(vm: vm), intxGSI: 10, stopFD: -1)
+        let kvm = KVMInterrupts(vm: vm)
+        let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, interrupts: kvm,
+                                      intx: SharedLines(sink: kvm), intxLine: 10, doorbells: kvm)
         try bus.add(transport)
         let conf = Conf1(bus: bus)
         let bar = conf.read(slot: 1, 0x10)
         conf.write(slot: 1, 4, UInt32(PCIConfigSpace.commandMemory | PCIConfigSpace.commandBusMaster), size: 2)
         // The notify address is taken by the device's ioeventfd now: another one there is refused.
-        let efd = makeEventFD()
-        defer { close(efd) }
-        #expect(throws: KVMError.self) { try vm.addIOEventFD(efd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2) }
+        let efd = EventFD()
+        #expect(throws: KVMError.self) { try vm.addIOEventFD(efd.fd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2) }
         // Decoding off: the address is free again.
         conf.write(slot: 1, 4, 0, size: 2)
-        try vm.addIOEventFD(efd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2)
-        try vm.removeIOEventFD(efd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2)
+        try vm.addIOEventFD(efd.fd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2)
+        try vm.removeIOEventFD(efd.fd, address: UInt64(bar) + VirtioPCI.notifyOffset, length: 2)
         // An unmasked MSI-X entry: the route is installed (a failure would be printed, not thrown,
         // so check the table the transport keeps and that routing still accepts changes).
         transport.barWrite(0, offset: VirtioPCI.msixTableOffset, size: 4, value: 0xFEE0_0000)
@@ -230,19 +232,20 @@ struct KVMInterruptTests {
         let vm = try makeVM()
         let memory = try GuestMemory(size: 4 << 20)
         let bus = PCIBus()
-        let intx = SharedINTx(vm: vm)
-        let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, vm: vm, router: InterruptRouter(vm: vm),
-                                      intx: intx, intxGSI: 11, stopFD: -1)
+        let kvm = KVMInterrupts(vm: vm)
+        let intx = SharedLines(sink: kvm)
+        let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, interrupts: kvm,
+                                      intx: intx, intxLine: 11, doorbells: kvm)
         try bus.add(transport)
         let conf = Conf1(bus: bus)
         transport.interruptQueue(0)
-        #expect(intx.isAsserted(11) && transport.isrStatus == 1)
+        #expect(intx.isHigh(11) && transport.isrStatus == 1)
         #expect(transport.barRead(0, offset: VirtioPCI.isrOffset, size: 1) == 1)
-        #expect(!intx.isAsserted(11) && transport.isrStatus == 0)
+        #expect(!intx.isHigh(11) && transport.isrStatus == 0)
         // INTx disabled in the command register: ISR is set, the line stays low.
         conf.write(slot: 1, 4, UInt32(PCIConfigSpace.commandINTxDisable), size: 2)
         transport.interruptConfig()
-        #expect(!intx.isAsserted(11) && transport.isrStatus == 2)
+        #expect(!intx.isHigh(11) && transport.isrStatus == 2)
         _ = transport.barRead(0, offset: VirtioPCI.isrOffset, size: 1)
         conf.write(slot: 1, 4, 0, size: 2)
         // MSI-X on (message control at the capability + 2), vector 0 for queue 0, entry masked.
@@ -254,7 +257,7 @@ struct KVMInterruptTests {
         transport.barWrite(0, offset: VirtioPCI.msixTableOffset, size: 4, value: 0xFEE0_0000)
         transport.barWrite(0, offset: VirtioPCI.msixTableOffset + 8, size: 4, value: 0x30)
         transport.interruptQueue(0)
-        #expect(!intx.isAsserted(11))
+        #expect(!intx.isHigh(11))
         #expect(transport.msixTable.pending[0])
         #expect(transport.barRead(0, offset: VirtioPCI.msixPBAOffset, size: 8) == 1)
         // Unmasking sends the held message and clears the pending bit.
@@ -263,6 +266,6 @@ struct KVMInterruptTests {
         // NO_VECTOR: nothing at all.
         transport.barWrite(0, offset: VirtioPCI.commonOffset + 26, size: 2, value: 0xFFFF)
         transport.interruptQueue(0)
-        #expect(!transport.msixTable.pending[0] && !intx.isAsserted(11))
+        #expect(!transport.msixTable.pending[0] && !intx.isHigh(11))
     }
 }

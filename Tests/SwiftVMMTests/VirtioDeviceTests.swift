@@ -1,3 +1,4 @@
+import Backends
 import Devices
 import Foundation
 import Memory
@@ -17,11 +18,15 @@ final class VirtioHarness {
     static let queueVector: UInt64 = 26, queueEnable: UInt64 = 28, queueDesc: UInt64 = 32
     static let queueDriver: UInt64 = 40, queueDevice: UInt64 = 48
 
-    init(_ device: VirtioDevice, queueSize: UInt16 = 8) throws {
+    let interrupts: RecordingInterrupts
+
+    init(_ device: any VirtioDeviceModel, queueSize: UInt16 = 8, interrupts: RecordingInterrupts = RecordingInterrupts()) throws {
         ring = try RingBuilder(size: queueSize)
         memory = ring.memory
-        // No device thread here (stop fd unused): requests are served with processNow.
-        transport = try VirtioPCI(device: device, memory: memory, vm: nil, router: nil, intx: nil, intxGSI: 10, stopFD: -1)
+        self.interrupts = interrupts
+        // No device thread here: requests are served with processNow.
+        transport = try VirtioPCI(device: device, memory: memory, interrupts: interrupts,
+                                  intx: SharedLines(sink: interrupts), intxLine: 10, doorbells: interrupts)
     }
 
     func read(_ offset: UInt64, _ size: Int) -> UInt64 { transport.barRead(0, offset: offset, size: size) }
@@ -93,7 +98,7 @@ struct VirtioDeviceTests {
         let url = try makeImage(sectors: sectors)
         let blk = try VirtioBlock(path: url.path, readOnly: readOnly, index: 0, trace: [])
         let h = try VirtioHarness(blk)
-        h.start(features: VirtioDevice.featureVersion1 | VirtioBlock.featureFlush)
+        h.start(features: Virtio.featureVersion1 | VirtioBlock.featureFlush)
         return (h, blk, url)
     }
 
@@ -132,11 +137,11 @@ struct VirtioDeviceTests {
         let (h, _, url) = try blockHarness()
         defer { try? FileManager.default.removeItem(at: url) }
         let offered = h.deviceFeatures
-        #expect(offered & VirtioDevice.featureVersion1 != 0)
+        #expect(offered & Virtio.featureVersion1 != 0)
         #expect(offered & VirtioBlock.featureFlush != 0 && offered & VirtioBlock.featureSegMax != 0)
         #expect(offered & VirtioBlock.featureReadOnly == 0)
-        for (features, accepted) in [(VirtioBlock.featureFlush, false), (VirtioDevice.featureVersion1 | 1 << 40, false),
-                                     (VirtioDevice.featureVersion1, true)] {
+        for (features, accepted) in [(VirtioBlock.featureFlush, false), (Virtio.featureVersion1 | 1 << 40, false),
+                                     (Virtio.featureVersion1, true)] {
             h.write(VirtioHarness.status, 1, 0)
             h.write(VirtioHarness.status, 1, 3)
             h.write(VirtioHarness.driverFeatureSelect, 4, 0)
@@ -152,9 +157,9 @@ struct VirtioDeviceTests {
     func driverOKWithoutFeatures() throws {
         let rng = VirtioRNG(trace: [])
         let h = try VirtioHarness(rng)
-        h.start(features: VirtioDevice.featureVersion1, featuresOK: false)
-        #expect(rng.guestErrors.load(ordering: .relaxed) == 1)
-        #expect(h.transport.queues[0].isActive)                      // the queue is there, but not served
+        h.start(features: Virtio.featureVersion1, featuresOK: false)
+        #expect(rng.counters.guestErrors.load(ordering: .relaxed) == 1)
+        #expect(h.transport.queueIsActive(0))                      // the queue is there, but not served
         #expect(try h.submit([(Self.data, 16, true)]) == nil)
     }
 
@@ -184,7 +189,7 @@ struct VirtioDeviceTests {
         try request(h, type: VirtioBlock.typeGetID, sector: 0)
         #expect(try h.submit([(Self.header, 16, false), (Self.data, 20, true), (Self.statusByte, 1, true)]) == 21)
         #expect(String(decoding: h.memory.bytes(at: Self.data, count: 12), as: UTF8.self) == "swiftvmm-vda")
-        #expect(blk.guestErrors.load(ordering: .relaxed) == 0)
+        #expect(blk.counters.guestErrors.load(ordering: .relaxed) == 0)
     }
 
     @Test("requests past the end, partial sectors, wrong-way buffers, unknown types fail with the spec's status")
@@ -212,8 +217,8 @@ struct VirtioDeviceTests {
             #expect(try h.submit(c.2) != nil, "case \(i)")
             #expect(status(h) == c.3, "case \(i)")
         }
-        #expect(h.status & VirtioPCI.statusNeedsReset == 0)
-        #expect(blk.guestErrors.load(ordering: .relaxed) == UInt64(cases.count - 1))
+        #expect(h.status & Virtio.statusNeedsReset == 0)
+        #expect(blk.counters.guestErrors.load(ordering: .relaxed) == UInt64(cases.count - 1))
         #expect(try Data(contentsOf: url) == before)
     }
 
@@ -223,17 +228,17 @@ struct VirtioDeviceTests {
         defer { try? FileManager.default.removeItem(at: url) }
         try request(h, type: VirtioBlock.typeIn, sector: 0)
         #expect(try h.submit([(Self.header, 16, false), (Self.data, 512, true), (Self.statusByte, 1, false)]) == nil)
-        #expect(h.status & VirtioPCI.statusNeedsReset != 0)
+        #expect(h.status & Virtio.statusNeedsReset != 0)
         #expect(h.transport.isrStatus & 2 != 0)                    // configuration change interrupt
-        #expect(blk.guestErrors.load(ordering: .relaxed) == 1)
+        #expect(blk.counters.guestErrors.load(ordering: .relaxed) == 1)
         #expect(h.read(0x800, 1) & 2 != 0)                          // ISR read returns and clears
         #expect(h.transport.isrStatus == 0)
         h.write(VirtioHarness.status, 1, 0)
         #expect(h.status == 0)
         h.ring = try RingBuilder(memory: h.memory, size: 8)
         h.nextDescriptor = 0
-        h.start(features: VirtioDevice.featureVersion1)
-        #expect(h.status & VirtioPCI.statusNeedsReset == 0)
+        h.start(features: Virtio.featureVersion1)
+        #expect(h.status & Virtio.statusNeedsReset == 0)
         try request(h, type: VirtioBlock.typeIn, sector: 0)
         #expect(try h.submit([(Self.header, 16, false), (Self.data, 512, true), (Self.statusByte, 1, true)]) == 513)
         #expect(status(h) == VirtioBlock.statusOK)
@@ -260,16 +265,16 @@ struct VirtioDeviceTests {
         defer { try? FileManager.default.removeItem(at: url) }
         let blk = try VirtioBlock(path: url.path, readOnly: false, index: 0, trace: [])
         let h = try VirtioHarness(blk)
-        h.start(features: VirtioDevice.featureVersion1, size: size)
-        #expect(h.status & VirtioPCI.statusNeedsReset != 0)
-        #expect(!h.transport.queues[0].isActive)
+        h.start(features: Virtio.featureVersion1, size: size)
+        #expect(h.status & Virtio.statusNeedsReset != 0)
+        #expect(!h.transport.queueIsActive(0))
     }
 
     @Test("DISCARD and WRITE_ZEROES punch holes that read back as zeroes (where the file system can)")
     func discard() throws {
         let (h, blk, url) = try blockHarness(sectors: 64)
         defer { try? FileManager.default.removeItem(at: url) }
-        guard blk.canPunchHoles else {
+        guard blk.canDiscard else {
             #expect(blk.deviceFeatures & VirtioBlock.featureDiscard == 0)
             return
         }
@@ -293,10 +298,10 @@ struct VirtioDeviceTests {
 
     @Test("a missing block image is a clear error")
     func missingImage() {
-        #expect(throws: VirtioBlock.OpenError.self) {
+        #expect(throws: FileBlockBackend.OpenError.self) {
             try VirtioBlock(path: "/nonexistent/disk.img", readOnly: false, index: 0, trace: [])
         }
-        #expect(throws: VirtioBlock.OpenError.self) {
+        #expect(throws: FileBlockBackend.OpenError.self) {
             try VirtioBlock(path: "/tmp", readOnly: true, index: 0, trace: [])
         }
     }
@@ -305,13 +310,13 @@ struct VirtioDeviceTests {
     func rng() throws {
         let rng = VirtioRNG(trace: [])
         let h = try VirtioHarness(rng)
-        h.start(features: VirtioDevice.featureVersion1)
+        h.start(features: Virtio.featureVersion1)
         try h.memory.fill(0, at: Self.data, count: 128)
         #expect(try h.submit([(Self.data, 64, true), (Self.data + 64, 64, true)]) == 128)
         #expect(h.memory.bytes(at: Self.data, count: 128).contains { $0 != 0 })
         // A buffer outside RAM: nothing written, counted.
         #expect(try h.submit([(1 << 40, 64, true)]) == 0)
-        #expect(rng.guestErrors.load(ordering: .relaxed) == 1)
+        #expect(rng.counters.guestErrors.load(ordering: .relaxed) == 1)
     }
 
     @Test("MSI-X table and PCI-config-access window through BAR 0 and config space")

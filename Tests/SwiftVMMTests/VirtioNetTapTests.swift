@@ -41,7 +41,7 @@ struct VirtioNetTapTests {
         // Quiet the host side (no IPv6 chatter into our buffers); best effort.
         try? "1".write(toFile: "/proc/sys/net/ipv6/conf/\(name)/disable_ipv6", atomically: false, encoding: .utf8)
         let h = try VirtioHarness(net, queueSize: 32)
-        h.start(features: VirtioDevice.featureVersion1 | VirtioNet.featureMAC | VirtioNet.featureMergeableRX)
+        h.start(features: Virtio.featureVersion1 | VirtioNet.featureMAC | VirtioNet.featureMergeableRX)
         #expect(h.read(VirtioPCI.deviceOffset, 4) == 0xAB00_5452 && h.read(VirtioPCI.deviceOffset + 4, 2) == 0xEFCD)
         for i in 0..<32 {
             try h.ring.setDescriptor(i, address: Self.buffers + UInt64(i) * UInt64(Self.bufferSize), length: Self.bufferSize, flags: 2)
@@ -76,7 +76,7 @@ struct VirtioNetTapTests {
         }
         #expect(found, "the frame did not arrive; used idx \(h.ring.usedIdx)")
         #expect(net.framesReceived.load(ordering: .relaxed) >= 1)
-        #expect(net.guestErrors.load(ordering: .relaxed) == 0)
+        #expect(net.counters.guestErrors.load(ordering: .relaxed) == 0)
     }
 
     @Test("without MRG_RXBUF a frame larger than the guest's buffer is dropped and counted, the buffer kept")
@@ -91,7 +91,7 @@ struct VirtioNetTapTests {
         }
         try? "1".write(toFile: "/proc/sys/net/ipv6/conf/\(name)/disable_ipv6", atomically: false, encoding: .utf8)
         let h = try VirtioHarness(net, queueSize: 8)
-        h.start(features: VirtioDevice.featureVersion1 | VirtioNet.featureMAC)
+        h.start(features: Virtio.featureVersion1 | VirtioNet.featureMAC)
         try h.ring.setDescriptor(0, address: Self.buffers, length: Self.bufferSize, flags: 2)
         try h.ring.post(0)
         let frame = net.mac + [0x02, 0, 0, 0, 0, 1] + [UInt8(Self.ethertype >> 8), UInt8(Self.ethertype & 0xFF)]
@@ -99,8 +99,8 @@ struct VirtioNetTapTests {
         try send(frame, on: name)
         h.transport.processNow(0)
         #expect(net.framesDropped.load(ordering: .relaxed) >= 1)
-        #expect(net.guestErrors.load(ordering: .relaxed) >= 1)
+        #expect(net.counters.guestErrors.load(ordering: .relaxed) >= 1)
         #expect(h.ring.usedIdx == 0)                              // the buffer is still the guest's to fill
-        #expect(h.transport.queues[0].hasAvailable)
+        #expect(h.transport.queueHasAvailable(0))
     }
 }

@@ -1,7 +1,3 @@
-import KVM
-import Lifecycle
-import Synchronization
-
 /// The MSI-X table and pending-bit array of one function (PCI spec 6.8.2), as plain state.
 ///
 /// Each entry is 16 bytes: message address low, high, data, vector control (bit 0: masked).
@@ -13,6 +9,7 @@ public struct MSIXTable: Sendable, Equatable {
         public var data: UInt32 = 0
         public var control: UInt32 = 1
         public var masked: Bool { control & 1 != 0 }
+        public var message: MSIMessage { MSIMessage(addressLow: addressLow, addressHigh: addressHigh, data: data) }
         public init(addressLow: UInt32 = 0, addressHigh: UInt32 = 0, data: UInt32 = 0, control: UInt32 = 1) {
             self.addressLow = addressLow
             self.addressHigh = addressHigh
@@ -106,55 +103,4 @@ public struct MSIXTable: Sendable, Equatable {
     }
     public static let controlEnable: UInt16 = 1 << 15
     public static let controlFunctionMask: UInt16 = 1 << 14
-}
-
-/// The VM's GSI routing table as swiftvmm manages it: the PC defaults plus one MSI route per
-/// MSI-X vector in use. Devices get a block of GSIs above the IOAPIC's 24 at start.
-public final class InterruptRouter: @unchecked Sendable {
-    public let vm: VirtualMachine
-    private struct State {
-        var nextGSI: UInt32 = 24
-        var msiRoutes: [UInt32: GSIRoute] = [:]
-    }
-    private let state = Mutex(State())
-
-    public init(vm: VirtualMachine) { self.vm = vm }
-
-    public func allocateGSIs(_ count: Int) -> UInt32 {
-        state.withLock { s in
-            let first = s.nextGSI
-            s.nextGSI += UInt32(count)
-            return first
-        }
-    }
-
-    /// Route `gsi` to an MSI message, or remove its route (nil). Rewrites the whole table.
-    public func route(_ gsi: UInt32, to message: MSIXTable.Entry?) throws(KVMError) {
-        try state.withLock { s throws(KVMError) in
-            let route = message.map { GSIRoute.msi(gsi: gsi, addressLow: $0.addressLow, addressHigh: $0.addressHigh, data: $0.data) }
-            if s.msiRoutes[gsi] == route { return }
-            s.msiRoutes[gsi] = route
-            try vm.setGSIRouting(GSIRoute.pcDefaults + s.msiRoutes.keys.sorted().map { s.msiRoutes[$0]! })
-        }
-    }
-}
-
-/// Level-triggered INTx lines shared by PCI functions: a GSI stays asserted while any of its
-/// functions asserts it (wired-OR, as on a real board).
-public final class SharedINTx: @unchecked Sendable {
-    public let vm: VirtualMachine
-    private let counts = Mutex<[UInt32: Int]>([:])
-    public init(vm: VirtualMachine) { self.vm = vm }
-
-    /// Whether `gsi` is asserted now (for tests and reports).
-    public func isAsserted(_ gsi: UInt32) -> Bool { counts.withLock { $0[gsi, default: 0] > 0 } }
-
-    public func change(_ gsi: UInt32, asserted: Bool) {
-        counts.withLock { c in
-            let before = c[gsi, default: 0]
-            let after = max(0, before + (asserted ? 1 : -1))
-            c[gsi] = after
-            if (before > 0) != (after > 0) { vm.setIRQLine(gsi, level: after > 0) }
-        }
-    }
 }

@@ -7,6 +7,8 @@ import Synchronization
 /// `GuestMemory.lowMemoryLimit`) and the IOAPIC at 0xFEC00000, so it never overlaps RAM or the
 /// e820 map. BARs are assigned at start, naturally aligned, as firmware would; a guest may move
 /// them (Linux normally keeps them) and the window follows.
+/// Unchecked Sendable only for `configPorts` and `window`, set once in `init` (they point back
+/// at the bus); everything that changes is inside the two locks.
 public final class PCIBus: @unchecked Sendable {
     public static let configAddressPort: UInt64 = 0xCF8
     public static let configPortCount: UInt64 = 8
@@ -25,10 +27,11 @@ public final class PCIBus: @unchecked Sendable {
     private struct ConfigState {
         var address: UInt32 = 0
         var slots: [PCIDevice?] = Array(repeating: nil, count: PCIBus.slotCount)
+        /// Where the next BAR goes (BARs are assigned at start, in slot order).
+        var nextBARAddress = PCIBus.mmioWindow.lowerBound
     }
     private let configState = Mutex(ConfigState())
     private let mappings = Mutex<[Mapping]>([])
-    private var nextBARAddress = PCIBus.mmioWindow.lowerBound
 
     /// The BusDevices to register: conf1 on the port bus, the window on the MMIO bus.
     public private(set) var configPorts: PCIConfigPorts! = nil
@@ -57,26 +60,22 @@ public final class PCIBus: @unchecked Sendable {
     /// Put `device` in the next free slot and assign its BARs. Returns the slot number.
     @discardableResult
     public func add(_ device: PCIDevice) throws(AddError) -> Int {
-        var assigned: [(Int, UInt64)] = []
-        var cursor = nextBARAddress
-        for (i, size) in device.barSizes.enumerated() where size != 0 {
-            let s = UInt64(size)
-            let base = (cursor + s - 1) & ~(s - 1)
-            guard base + s <= Self.mmioWindow.upperBound else { throw .windowFull(device.name, bytes: s) }
-            assigned.append((i, base))
-            cursor = base + s
+        try configState.withLock { state throws(AddError) in
+            var assigned: [(Int, UInt64)] = []
+            var cursor = state.nextBARAddress
+            for (i, size) in device.barSizes.enumerated() where size != 0 {
+                let s = UInt64(size)
+                let base = (cursor + s - 1) & ~(s - 1)
+                guard base + s <= Self.mmioWindow.upperBound else { throw .windowFull(device.name, bytes: s) }
+                assigned.append((i, base))
+                cursor = base + s
+            }
+            guard let slot = state.slots.firstIndex(where: { $0 == nil }) else { throw .busFull(device.name) }
+            state.slots[slot] = device
+            state.nextBARAddress = cursor
+            for (i, base) in assigned { device.withConfig { $0.setMemoryBAR(i, address: UInt32(base), size: device.barSizes[i]) } }
+            return slot
         }
-        let slot = configState.withLock { state -> Int? in
-            guard let free = state.slots.firstIndex(where: { $0 == nil }) else { return nil }
-            state.slots[free] = device
-            return free
-        }
-        guard let slot else { throw .busFull(device.name) }
-        nextBARAddress = cursor
-        configState.withLock { _ in
-            for (i, base) in assigned { device.config.setMemoryBAR(i, address: UInt32(base), size: device.barSizes[i]) }
-        }
-        return slot
     }
 
     public func device(inSlot slot: Int) -> PCIDevice? { configState.withLock { $0.slots[slot] } }
@@ -145,7 +144,7 @@ public final class PCIBus: @unchecked Sendable {
 }
 
 /// Ports 0xCF8–0xCFF: CONFIG_ADDRESS (a 32-bit latch) and CONFIG_DATA.
-public final class PCIConfigPorts: BusDevice, @unchecked Sendable {
+public final class PCIConfigPorts: BusDevice {
     unowned let bus: PCIBus
     init(bus: PCIBus) {
         self.bus = bus
@@ -165,7 +164,7 @@ public final class PCIConfigPorts: BusDevice, @unchecked Sendable {
 }
 
 /// The PCI hole as one range on the MMIO bus, forwarding each access to the BAR that decodes it.
-public final class PCIMMIOWindow: BusDevice, @unchecked Sendable {
+public final class PCIMMIOWindow: BusDevice {
     unowned let bus: PCIBus
     init(bus: PCIBus) {
         self.bus = bus

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A PCI function's 256-byte configuration space (type 0 header), with a mask of the bits
 /// the guest may change.
 ///
@@ -120,32 +122,41 @@ public struct PCIConfigSpace: Sendable {
 /// A PCI function on the bus: its configuration space and the BARs it decodes.
 ///
 /// Subclasses are device models (the virtio transport). Config-space accesses arrive from the
-/// configuration ports with the bus's lock held, so they are serialized; BAR accesses arrive
-/// from any vCPU through the MMIO window.
+/// configuration ports, BAR accesses from any vCPU through the MMIO window. Open for device
+/// models to subclass, hence unchecked Sendable: its own state is constants and the config
+/// space inside its lock.
 open class PCIDevice: @unchecked Sendable {
     public let name: String
-    /// Only touched with the bus's configuration lock held.
-    public var config: PCIConfigSpace
+    private let configSpace: Mutex<PCIConfigSpace>
     /// Size of each memory BAR (0: not implemented).
     public let barSizes: [UInt32]
 
     public init(name: String, config: PCIConfigSpace, barSizes: [UInt32]) {
         self.name = name
-        self.config = config
+        self.configSpace = Mutex(config)
         self.barSizes = barSizes + [UInt32](repeating: 0, count: max(0, 6 - barSizes.count))
     }
 
-    open func configRead(offset: Int, size: Int) -> UInt32 { config.read(offset: offset, size: size) }
+    /// The configuration space as it is now (a copy).
+    public var config: PCIConfigSpace { configSpace.withLock { $0 } }
+
+    /// Change the configuration space (BAR assignment at start, guest writes).
+    public func withConfig<R>(_ body: (inout PCIConfigSpace) -> R) -> R { configSpace.withLock { body(&$0) } }
+
+    open func configRead(offset: Int, size: Int) -> UInt32 { configSpace.withLock { $0.read(offset: offset, size: size) } }
 
     open func configWrite(offset: Int, size: Int, value: UInt32) {
-        config.write(offset: offset, size: size, value: value)
+        configSpace.withLock { $0.write(offset: offset, size: size, value: value) }
     }
 
     /// Where BAR `index` decodes now: nil when memory decoding is off or the BAR is unassigned.
     public func decodedBAR(_ index: Int) -> UInt64? {
-        guard barSizes[index] != 0, config.get16(PCIConfigSpace.command) & PCIConfigSpace.commandMemory != 0,
-              let base = config.memoryBAR(index, size: barSizes[index]) else { return nil }
-        return UInt64(base)
+        guard barSizes[index] != 0 else { return nil }
+        return configSpace.withLock { c -> UInt64? in
+            guard c.get16(PCIConfigSpace.command) & PCIConfigSpace.commandMemory != 0,
+                  let base = c.memoryBAR(index, size: barSizes[index]) else { return nil }
+            return UInt64(base)
+        }
     }
 
     /// The guest moved a BAR or switched decoding (config lock held). `base` is nil if unmapped.

@@ -1,17 +1,17 @@
-internal import CSystem
+import Backends
 import Glibc
 import Lifecycle
 import Synchronization
 
-/// virtio-net (virtio 1.2, 5.1) on a host tap device: queue 0 receives, queue 1 transmits.
+/// virtio-net (virtio 1.2, 5.1) on a network backend (a host tap): queue 0 receives, queue 1
+/// transmits.
 ///
 /// Frames cross with a 12-byte virtio_net_hdr_v1 in front, which is exactly what the tap's
 /// vnet header is set to (no offloads are offered, so it carries only num_buffers).
-/// Receive runs on the device thread: the tap is polled only while the guest has posted
-/// buffers, so frames arriving meanwhile wait in the tap's own queue, which the host kernel
-/// bounds (txqueuelen) and counts drops of. A frame larger than the guest's buffers is dropped
-/// and counted here.
-public final class VirtioNet: VirtioDevice, @unchecked Sendable {
+/// Receive runs on the device thread: the backend is polled only while the guest has posted
+/// buffers, so frames arriving meanwhile wait on the host side. A frame larger than the
+/// guest's buffers is dropped and counted here.
+public final class VirtioNet: VirtioDeviceModel {
     public static let featureMAC: UInt64 = 1 << 5
     public static let featureMergeableRX: UInt64 = 1 << 15
     public static let featureStatus: UInt64 = 1 << 16
@@ -20,55 +20,40 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public static let maxFrame = 65536 + 12
     static let rxQueue = 0, txQueue = 1
 
-    public let tapName: String
-    public let tapFD: Int32
+    public let backend: any NetworkBackend
     public let mac: [UInt8]
-    private var mergeable = false
-    /// A frame read from the tap that is waiting for guest buffers (at most one).
-    private var frame: UnsafeMutableRawPointer
-    private var frameLength = 0
-    private var rx: Virtqueue?
+    public let counters: VirtioCounters
+    public var deviceType: UInt16 { 1 }
+    public var queueCount: Int { 2 }
+    public var queueMaxSize: UInt16 { 256 }
+    public var deviceFeatures: UInt64 { Self.featureMAC | Self.featureMergeableRX | Self.featureStatus }
+    public var tapName: String { backend.name }
     public let framesReceived = Atomic<UInt64>(0)
     public let framesSent = Atomic<UInt64>(0)
     public let framesDropped = Atomic<UInt64>(0)
 
-    public enum TapError: Error, CustomStringConvertible {
-        case badName(String)
-        case open(name: String, step: String, errno: Int32)
-        public var description: String {
-            switch self {
-            case .badName(let n): return "tap name '\(n)' must be 1 to 15 characters of letters, digits, '-', '_' or '.'"
-            case .open(let n, let step, let e):
-                var hint = ""
-                if e == EPERM || e == EACCES { hint = " (creating or attaching a tap needs CAP_NET_ADMIN, or a tap made for this user with `ip tuntap add NAME mode tap user USER`)" }
-                return "cannot attach to tap \(n): \(step): \(String(cString: strerror(e)))\(hint)"
-            }
-        }
+    /// A frame taken from the backend that is waiting for guest buffers (at most one).
+    /// Unchecked Sendable: the buffer is memory this device alone allocates and frees.
+    struct Pending: @unchecked Sendable {
+        let frame: UnsafeMutableRawPointer
+        var length = 0
+    }
+    private let pending: Mutex<Pending>
+
+    /// `mac` nil: generated from the backend's name.
+    public init(backend: any NetworkBackend, mac: [UInt8]?, trace: TraceOptions) {
+        self.backend = backend
+        self.mac = mac ?? Self.generatedMAC(for: backend.name)
+        counters = VirtioCounters(name: "virtio-net \(backend.name)", trace: trace)
+        pending = Mutex(Pending(frame: UnsafeMutableRawPointer.allocate(byteCount: Self.maxFrame, alignment: 16)))
     }
 
-    /// Attach to tap `name`, creating it if it does not exist. `mac` nil: generated from the name.
-    public init(tapName: String, mac: [UInt8]?, trace: TraceOptions) throws(TapError) {
-        guard !tapName.isEmpty, tapName.utf8.count < Int(SYS_IFNAMSIZ),
-              tapName.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
-            throw .badName(tapName)
-        }
-        var step: UnsafePointer<CChar>? = nil
-        let fd = sys_tap_open(tapName, Int32(Self.headerSize), &step)
-        guard fd >= 0 else { throw .open(name: tapName, step: step.map { String(cString: $0) } ?? "?", errno: -fd) }
-        // A tap we just created is down; one that existed keeps the state its owner gave it.
-        _ = sys_interface_up(tapName)
-        self.tapName = tapName
-        self.tapFD = fd
-        self.mac = mac ?? Self.generatedMAC(for: tapName)
-        frame = UnsafeMutableRawPointer.allocate(byteCount: Self.maxFrame, alignment: 16)
-        super.init(name: "virtio-net \(tapName)", deviceType: 1, queueCount: 2, queueMaxSize: 256,
-                   features: Self.featureMAC | Self.featureMergeableRX | Self.featureStatus, trace: trace)
+    /// Attach to tap `tapName` (creating it if it does not exist).
+    public convenience init(tapName: String, mac: [UInt8]?, trace: TraceOptions) throws(TapBackend.TapError) {
+        self.init(backend: try TapBackend(name: tapName), mac: mac, trace: trace)
     }
 
-    deinit {
-        close(tapFD)
-        frame.deallocate()
-    }
+    deinit { pending.withLock { $0.frame.deallocate() } }
 
     /// A locally administered unicast MAC, stable for a tap name (FNV-1a of the name).
     public static func generatedMAC(for name: String) -> [UInt8] {
@@ -88,33 +73,23 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     // MARK: Configuration (struct virtio_net_config: mac, status)
 
-    public override var configSize: Int { 8 }
+    public var configSize: Int { 8 }
 
-    public override func readConfig(offset: Int, size: Int) -> UInt64 {
-        let bytes = mac + [1, 0]                          // status: VIRTIO_NET_S_LINK_UP
-        var v: UInt64 = 0
-        for i in 0..<size where offset + i < bytes.count { v |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
-        return v
+    public func readConfig(offset: Int, size: Int) -> UInt64 {
+        Virtio.littleEndian(mac + [1, 0], offset: offset, size: size)   // status: VIRTIO_NET_S_LINK_UP
     }
 
-    public override func activate(features: UInt64) {
-        mergeable = features & Self.featureMergeableRX != 0
-        rx = transport?.queues[Self.rxQueue]
-    }
-
-    public override func reset() {
-        frameLength = 0
-        rx = nil
+    public func reset() {
+        pending.withLock { $0.length = 0 }
     }
 
     // MARK: Transmit
 
-    public override func processQueue(_ queue: Virtqueue) {
-        if queue.index == Self.rxQueue {
-            receive()                                     // the guest posted receive buffers
-            return
+    public func serve(_ index: Int, _ queues: inout VirtioQueues) -> Bool {
+        if index == Self.rxQueue {
+            return receive(&queues)                        // the guest posted receive buffers
         }
-        drain(queue) { chain in
+        return drain(index, &queues) { chain in
             transmit(chain)
             return 0
         }
@@ -122,12 +97,12 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     func transmit(_ chain: DescriptorChain) {
         if let fault = chain.fault {
-            guestError("transmit \(chain.head): \(fault)")
+            counters.guestError("transmit \(chain.head): \(fault)")
             framesDropped.wrappingAdd(1, ordering: .relaxed)
             return
         }
         guard chain.readableLength >= UInt64(Self.headerSize), chain.readableLength <= UInt64(Self.maxFrame) else {
-            guestError("transmit \(chain.head): \(chain.readableLength) bytes is not a frame with its header")
+            counters.guestError("transmit \(chain.head): \(chain.readableLength) bytes is not a frame with its header")
             framesDropped.wrappingAdd(1, ordering: .relaxed)
             return
         }
@@ -135,86 +110,94 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         for s in chain.segments where !s.deviceWritable && s.length > 0 {
             iov.append(iovec(iov_base: s.pointer, iov_len: Int(s.length)))
         }
-        if writev(tapFD, iov, Int32(iov.count)) < 0 {
-            framesDropped.wrappingAdd(1, ordering: .relaxed)   // tap full or down: as a wire would
-        } else {
+        if iov.withUnsafeBufferPointer({ backend.send($0) }) {
             framesSent.wrappingAdd(1, ordering: .relaxed)
+        } else {
+            framesDropped.wrappingAdd(1, ordering: .relaxed)   // host side full or down: as a wire would
         }
     }
 
     // MARK: Receive
 
-    /// Poll the tap only while there is somewhere to put a frame.
-    public override var hostFD: Int32 { tapFD }
-    public override var hostEvents: Int16 {
-        guard let rx, frameLength == 0, rx.hasAvailable else { return 0 }
+    /// Poll the backend only while there is somewhere to put a frame.
+    public var hostFD: Int32 { backend.receiveFD }
+    public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 {
+        let rx = queues.rings[Self.rxQueue]
+        guard pending.withLock({ $0.length == 0 }), rx.hasAvailable else { return 0 }
         return Int16(POLLIN)
     }
 
-    public override func handleHostEvent(_ revents: Int16) { receive() }
+    public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool { receive(&queues) }
 
-    /// Move frames from the tap into guest buffers until one or the other runs out.
-    func receive() {
-        guard let rx, rx.isActive else { return }
-        var delivered = false
-        while true {
-            if frameLength == 0 {
-                guard rx.hasAvailable else { break }
-                let n = read(tapFD, frame, Self.maxFrame)
-                if n <= 0 { break }                        // EAGAIN: the tap is empty
-                guard n >= Self.headerSize else { continue }
-                frameLength = n
+    /// Move frames from the backend into guest buffers until one or the other runs out, or
+    /// this turn's budget is spent (returns true then).
+    func receive(_ queues: inout VirtioQueues) -> Bool {
+        guard queues.rings[Self.rxQueue].isActive else { return false }
+        let mergeable = queues.features & Self.featureMergeableRX != 0
+        return pending.withLock { p in
+            var delivered = 0
+            var more = false
+            while true {
+                if delivered == Virtio.chainsPerTurn { more = true; break }
+                if p.length == 0 {
+                    guard queues.rings[Self.rxQueue].hasAvailable else { break }
+                    let n = backend.receive(into: p.frame, capacity: Self.maxFrame)
+                    if n == 0 { break }                        // nothing waiting
+                    guard n >= Self.headerSize else { continue }
+                    p.length = n
+                }
+                switch deliver(&p, &queues, mergeable: mergeable) {
+                case .delivered: delivered += 1; p.length = 0
+                case .dropped: p.length = 0
+                case .noBuffers: break
+                case .broken: return false                     // NEEDS_RESET: the driver starts over anyway
+                }
+                if p.length != 0 {
+                    // Out of buffers: ask for a kick when the guest posts more.
+                    if !queues.rings[Self.rxQueue].enableNotifications() { break }
+                }
             }
-            switch deliver(rx) {
-            case .delivered: delivered = true; frameLength = 0
-            case .dropped: frameLength = 0
-            case .noBuffers: break
-            case .broken: return                        // NEEDS_RESET: the driver starts over anyway
-            }
-            if frameLength != 0 {
-                // Out of buffers: ask for a kick when the guest posts more.
-                if !rx.enableNotifications() { break }
-            }
+            _ = queues.rings[Self.rxQueue].enableNotifications()
+            if delivered > 0 && queues.rings[Self.rxQueue].needsInterrupt() { queues.interrupt(Self.rxQueue) }
+            return more
         }
-        _ = rx.enableNotifications()
-        if delivered && rx.needsInterrupt() { transport?.interruptQueue(rx.index) }
     }
 
     enum Delivery { case delivered, dropped, noBuffers, broken }
 
     /// Put the pending frame into one chain, or several with MRG_RXBUF (num_buffers says how many).
-    private func deliver(_ rx: Virtqueue) -> Delivery {
+    private func deliver(_ p: inout Pending, _ queues: inout VirtioQueues, mergeable: Bool) -> Delivery {
         var chain = DescriptorChain()
         var first = DescriptorChain()
         var used: [(head: UInt16, length: UInt32)] = []
         var offset = 0
-        while offset < frameLength {
+        while offset < p.length {
             do throws(VirtqueueError) {
-                guard try rx.pop(into: &chain) else {
-                    rx.unpop(UInt16(used.count))          // keep them for when more arrive
+                guard try queues.rings[Self.rxQueue].pop(into: &chain) else {
+                    queues.rings[Self.rxQueue].unpop(UInt16(used.count))   // keep them for when more arrive
                     return .noBuffers
                 }
             } catch {
-                transport?.queueBroken(rx, error)
+                queues.broken(Self.rxQueue, error)
                 return .broken
             }
             let room = chain.writableLength
             if chain.fault != nil || room < (used.isEmpty ? UInt64(Self.headerSize) : 1) {
-                guestError("receive buffer \(chain.head): \(chain.fault?.description ?? "only \(room) bytes")")
+                counters.guestError("receive buffer \(chain.head): \(chain.fault?.description ?? "only \(room) bytes")")
                 // Unusable: hand it (and any taken for this frame) back empty; drop the frame.
-                for u in used + [(chain.head, 0)] { rx.push(head: u.head, written: 0) }
+                for u in used + [(chain.head, 0)] { queues.rings[Self.rxQueue].push(head: u.head, written: 0) }
                 framesDropped.wrappingAdd(1, ordering: .relaxed)
                 return .dropped
             }
-            let n = Int(min(room, UInt64(frameLength - offset)))
-            if !mergeable && n < frameLength {
+            let n = Int(min(room, UInt64(p.length - offset)))
+            if !mergeable && n < p.length {
                 // Without MRG_RXBUF each frame needs one chain big enough: drop, keep the buffer.
-                rx.unpop(1)
+                queues.rings[Self.rxQueue].unpop(1)
                 framesDropped.wrappingAdd(1, ordering: .relaxed)
-                guestError("receive buffer \(chain.head) of \(room) bytes is too small for a \(frameLength)-byte frame")
+                counters.guestError("receive buffer \(chain.head) of \(room) bytes is too small for a \(p.length)-byte frame")
                 return .dropped
             }
-            _ = chain.scatter(from: frame + offset, count: n, at: 0)
+            _ = chain.scatter(from: p.frame + offset, count: n, at: 0)
             if used.isEmpty { first = chain }
             used.append((chain.head, UInt32(n)))
             offset += n
@@ -222,7 +205,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         // num_buffers, at offset 10 of the header in the first buffer.
         var count = UInt16(used.count).littleEndian
         _ = withUnsafeBytes(of: &count) { first.scatter(from: $0.baseAddress!, count: 2, at: 10) }
-        for u in used { rx.push(head: u.head, written: u.length) }
+        for u in used { queues.rings[Self.rxQueue].push(head: u.head, written: u.length) }
         framesReceived.wrappingAdd(1, ordering: .relaxed)
         return .delivered
     }

@@ -3,19 +3,27 @@ import Lifecycle
 
 /// virtio-rng (virtio 1.2, 5.4, "entropy device"): one queue of device-writable buffers,
 /// each filled from the host's getrandom(2).
-public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
+public final class VirtioRNG: VirtioDeviceModel {
+    public let counters: VirtioCounters
+    public var deviceType: UInt16 { 4 }
+    public var queueCount: Int { 1 }
+    public var queueMaxSize: UInt16 { 64 }
+    public var deviceFeatures: UInt64 { 0 }
+    public var configSize: Int { 0 }
+    public func readConfig(offset: Int, size: Int) -> UInt64 { 0 }
+
     public init(trace: TraceOptions) {
-        super.init(name: "virtio-rng", deviceType: 4, queueCount: 1, queueMaxSize: 64, features: 0, trace: trace)
+        counters = VirtioCounters(name: "virtio-rng", trace: trace)
     }
 
-    public override func processQueue(_ queue: Virtqueue) {
-        drain(queue) { chain in fill(&chain) }
+    public func serve(_ index: Int, _ queues: inout VirtioQueues) -> Bool {
+        drain(index, &queues) { chain in fill(&chain) }
     }
 
     /// Fill every writable buffer of the chain; returns the bytes written.
     public func fill(_ chain: inout DescriptorChain) -> UInt32 {
         if let fault = chain.fault {
-            guestError("request \(chain.head): \(fault)")
+            counters.guestError("request \(chain.head): \(fault)")
             return 0
         }
         var total: UInt64 = 0

@@ -73,6 +73,8 @@ public struct DescriptorChain: Sendable {
     public var fault: VirtqueueError?
 
     public init() { segments.reserveCapacity(16) }
+    /// An empty chain with no storage of its own (to swap a reused one in and out).
+    public init(reserving capacity: Int) { segments.reserveCapacity(capacity) }
 
     public var readableLength: UInt64 { segments.reduce(0) { $0 + ($1.deviceWritable ? 0 : UInt64($1.length)) } }
     public var writableLength: UInt64 { segments.reduce(0) { $0 + ($1.deviceWritable ? UInt64($1.length) : 0) } }
@@ -119,11 +121,13 @@ public struct DescriptorChain: Sendable {
 /// A split virtqueue (virtio 1.2, 2.7) as the device side walks it: the descriptor table, the
 /// driver's available ring and the device's used ring, all in guest RAM.
 ///
-/// Owned by one device thread. Every address the guest gives is checked with `GuestMemory`
-/// before it is touched; the rings' own addresses once, when the queue is enabled. Index
-/// reads and the used-index publish use acquire/release ordering, as the spec's memory model
-/// asks (the driver runs on another CPU at the same time).
-public final class Virtqueue: @unchecked Sendable {
+/// A value inside the transport's serving lock, so only the thread holding it walks the
+/// rings. Every address the guest gives is checked with `GuestMemory` before it is touched;
+/// the rings' own addresses once, when the queue is enabled. Index reads and the used-index
+/// publish use acquire/release ordering, as the spec's memory model asks (the driver runs on
+/// another CPU at the same time). Unchecked Sendable: it holds host pointers into guest RAM,
+/// which outlives every queue.
+public struct Virtqueue: @unchecked Sendable {
     public static let maxSize: UInt16 = 32768
     /// Longest indirect table accepted (Linux uses at most seg_max + 2 entries).
     public static let maxIndirectEntries: UInt32 = 1024
@@ -150,7 +154,7 @@ public final class Virtqueue: @unchecked Sendable {
     }
 
     /// Start using the rings the driver configured. Throws (and stays inactive) if they are bad.
-    public func activate(size: UInt16, descriptors: UInt64, driverArea: UInt64, deviceArea: UInt64,
+    public mutating func activate(size: UInt16, descriptors: UInt64, driverArea: UInt64, deviceArea: UInt64,
                          eventIndex: Bool) throws(VirtqueueError) {
         reset()
         guard size >= 1, size <= Self.maxSize, size & (size - 1) == 0 else { throw .badQueueSize(size) }
@@ -175,7 +179,7 @@ public final class Virtqueue: @unchecked Sendable {
         isActive = true
     }
 
-    public func reset() {
+    public mutating func reset() {
         isActive = false
         size = 0
         desc = nil; avail = nil; used = nil
@@ -191,7 +195,7 @@ public final class Virtqueue: @unchecked Sendable {
 
     /// Take the next available chain into `chain`. Returns false when the ring is empty.
     /// Structural errors throw; per-buffer faults are left in `chain.fault`.
-    public func pop(into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool {
+    public mutating func pop(into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool {
         guard isActive, let avail else { return false }
         let availIdx = availIndex
         if availIdx == lastAvail { return false }
@@ -260,13 +264,13 @@ public final class Virtqueue: @unchecked Sendable {
 
     /// Give back the last `count` chains taken with `pop`, unused: the next `pop` returns them
     /// again. (The driver cannot tell: nothing was written to the used ring.)
-    public func unpop(_ count: UInt16) {
+    public mutating func unpop(_ count: UInt16) {
         lastAvail &-= count
     }
 
     /// Return a chain to the driver with `written` bytes of it filled in. The element is
     /// written first, then used->idx is published with release ordering.
-    public func push(head: UInt16, written: UInt32) {
+    public mutating func push(head: UInt16, written: UInt32) {
         guard isActive, let used else { return }
         let slot = Int(nextUsed & (size - 1))
         let element = used + 4 + 8 * slot
@@ -289,7 +293,7 @@ public final class Virtqueue: @unchecked Sendable {
 
     /// Whether the driver wants an interrupt for what was pushed since the last one: its
     /// used_event with EVENT_IDX, else the NO_INTERRUPT flag. Call after `push`es.
-    public func needsInterrupt() -> Bool {
+    public mutating func needsInterrupt() -> Bool {
         guard isActive, let avail else { return false }
         sys_fence_seq_cst()
         let new = nextUsed, old = signalledUsed

@@ -1,0 +1,55 @@
+import Glibc
+import Lifecycle
+
+/// The device thread of one virtio function: it sleeps in poll(2) on the stop request, the
+/// queues' kick events and the model's host fd (a tap), and serves what woke it.
+///
+/// Work per wake-up is bounded (`Virtio.chainsPerTurn` chains per queue): a queue left with
+/// work is served again on the next turn after a poll that does not sleep, so a stop request
+/// and the other queues are looked at between turns however fast the guest posts.
+extension VirtioPCI {
+    /// Serve the device until `stopFD` becomes readable.
+    public func start(stopFD: Int32) -> HostThread {
+        HostThread.start(name: String(device.name.prefix(15))) { [self] in serve(stopFD: stopFD) }
+    }
+
+    private func serve(stopFD: Int32) {
+        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        for kick in kicks { fds.append(pollfd(fd: kick.fd, events: Int16(POLLIN), revents: 0)) }
+        let hostSlot = fds.count
+        fds.append(pollfd(fd: -1, events: 0, revents: 0))
+        // Queues (and the host fd) whose last turn ended with work left.
+        var left = [Bool](repeating: false, count: kicks.count)
+        var hostLeft = false
+        while true {
+            // The model's wish to hear from its host fd is its state: ask under the lock.
+            let events = serving.withLock { s in s.active && link.common.withLock { $0.isRunning } ? device.hostEvents(s.queues) : 0 }
+            fds[hostSlot].events = events
+            fds[hostSlot].fd = events != 0 ? device.hostFD : -1
+            let busy = hostLeft || left.contains(true)
+            let r = poll(&fds, nfds_t(fds.count), busy ? 0 : -1)
+            if r < 0 { if errno == EINTR { continue }; return }
+            if fds[0].revents != 0 { return }
+            serving.withLock { s in
+                let running = s.active && link.common.withLock { $0.isRunning }
+                for q in kicks.indices {
+                    let kicked = fds[1 + q].revents != 0
+                    if kicked { kicks[q].drain() }
+                    guard kicked || left[q] else { continue }
+                    left[q] = running && s.queues.rings[q].isActive ? device.serve(q, &s.queues) : false
+                }
+                let hostReady = fds[hostSlot].revents
+                hostLeft = running && (hostReady != 0 || hostLeft) ? device.handleHostEvent(hostReady, &s.queues) : false
+            }
+        }
+    }
+
+    /// Serve queue `index` now, on the calling thread, until it has nothing left (tests
+    /// without a device thread drive devices this way).
+    public func processNow(_ index: Int) {
+        serving.withLock { s in
+            guard s.active && link.common.withLock({ $0.isRunning }) else { return }
+            while s.queues.rings[index].isActive && device.serve(index, &s.queues) {}
+        }
+    }
+}
