@@ -11,9 +11,10 @@
  * The virtio modes (bench=blk-read:..., blk-write, net-tx, net-rx) are in
  * bench_virtio.c.
  */
+#include "bench.h"
+#include "exit.h"
 #include "hypercall.h"
 #include "lib.h"
-#include "main.h"
 #include "serial.h"
 
 static void bench_pio(long n)
@@ -69,5 +70,5 @@ bool run_bench_word(const char *w, size_t n)
 		modes[i].run(count);
 		return true;
 	}
-	return run_bench_virtio_word(w, n);
+	return false;
 }

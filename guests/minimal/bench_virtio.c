@@ -27,7 +27,9 @@
  * request slot, and a request in the loop is a sector number, a status byte
  * and an avail ring entry.  We poll; no interrupts.
  */
-#include "main.h"
+#include "bench_virtio.h"
+#include "exit.h"
+#include "pic.h"
 #include "virtio.h"
 
 /*

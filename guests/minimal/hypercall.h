@@ -32,6 +32,10 @@ extern char hypercall_time_ns[], hypercall_random[], hypercall_version[];
 extern char hypercall_checksum[];
 extern const volatile struct hypercall_info hypercall_info;
 
+/* Set by hypercall_init() (hypercall.c) if slot 127 holds the magic. */
+extern bool have_hypercalls;
+void hypercall_init(void);
+
 #define EFAULT	14
 #define EINVAL	22
 #define ENOSYS	38

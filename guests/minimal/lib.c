@@ -1,5 +1,5 @@
 /*
- * lib.c: string helpers and number printing.
+ * lib.c: string helpers, and printing and parsing numbers.
  *
  * The loops are plain on purpose.  The Makefile passes
  * -fno-tree-loop-distribute-patterns, otherwise gcc would happily turn the
@@ -106,24 +106,4 @@ long parse_decimal(const char *s, size_t n)
 		v = v * 10 + (*s - '0');
 	}
 	return v;
-}
-
-int check_failures;
-
-void check(const char *name, bool ok, const char *why, long value)
-{
-	size_t n = strlen(why);
-
-	print(ok ? "PASS " : "FAIL ");
-	print(name);
-	if (!ok) {
-		print(": ");
-		print(why);
-		if (n >= 2 && why[n - 2] == '0' && why[n - 1] == 'x')
-			print_hex(value);
-		else
-			print_dec(value);
-		check_failures++;
-	}
-	print("\n");
 }

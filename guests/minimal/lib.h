@@ -1,6 +1,6 @@
 /*
- * lib.h: the little the minimal guest needs from a C library, plus port I/O
- * and the few things the other files share.
+ * lib.h: the little the minimal guest needs from a C library, plus port I/O,
+ * console output and reading a number.
  */
 #ifndef MINIMAL_LIB_H
 #define MINIMAL_LIB_H
@@ -66,27 +66,7 @@ void print(const char *s);
 void print_n(const char *s, size_t n);
 void print_dec(long v);
 void print_hex(u64 v);
-/*
- * One test result line, "PASS <name>" or "FAIL <name>: <why><value>" (the value
- * in hex if 'why' ends in "0x", else in decimal); failures are counted in
- * check_failures, which each test= mode resets and returns.
- */
-void check(const char *name, bool ok, const char *why, long value);
-extern int check_failures;
 /* The decimal number in s[0..n) (at most 10 digits), or -1 if it is not one. */
 long parse_decimal(const char *s, size_t n);
-
-/* main.c */
-extern bool have_hypercalls;
-_Noreturn void guest_exit(int status);
-void pic_setup(u8 master_mask);
-void lapic_virtual_wire(void);
-void pic_mask_all(void);
-void pic_set_slave_mask(u8 mask);
-u8 pic_read_irr(void);
-
-/* tests.c: both return the number of failed checks. */
-int test_serial(void);
-int test_hypercalls(void);
 
 #endif

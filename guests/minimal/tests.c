@@ -2,9 +2,12 @@
  * tests.c: test=serial and test=hypercalls.  Each check prints one line,
  * "PASS <name>" or "FAIL <name>: <why>", which the host tests look for.
  */
+#include "check.h"
 #include "hypercall.h"
 #include "lib.h"
+#include "pic.h"
 #include "serial.h"
+#include "tests.h"
 
 /*
  * The UART checks.  Nothing is printed while DLAB or loopback is on (the

@@ -9,6 +9,7 @@
  * VMM, so we make few of them.
  */
 #include "pci.h"
+#include "pic.h"
 #include "virtio.h"
 
 /* struct virtio_pci_common_cfg, by offset. */
@@ -335,7 +336,7 @@ bool virtio_intx_enable(struct virtio_dev *d)
 		return false;
 	}
 	intx_isr = d->isr;
-	virtio_intx_vector = 0x20 + line;
+	virtio_intx_vector = IRQ_BASE + line;
 	if (line < 8) {
 		pic_setup((u8)~(1 << line));
 	} else {

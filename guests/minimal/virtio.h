@@ -190,12 +190,4 @@ static inline u64 rdtsc(void)
 	return (u64)hi << 32 | lo;
 }
 
-/* virtio_tests.c; msix=off makes test=blk use INTx */
-extern bool virtio_msix_off;
-int test_blk(void);
-int test_blk_ro(void);
-int test_rng(void);
-int test_net(const char *cmdline);
-int test_virtio_abuse(void);
-
 #endif

@@ -8,7 +8,10 @@
  * queue 1 sends one frame at a time.  Network byte order is big-endian, so
  * multi-byte fields are put together a byte at a time.
  */
+#include "cmdline.h"
+#include "pic.h"
 #include "virtio.h"
+#include "virtio_net.h"
 
 #define VIRTIO_NET_F_MAC	(1ULL << 5)
 #define VIRTIO_NET_F_MRG_RXBUF	(1ULL << 15)
@@ -81,17 +84,6 @@ static bool parse_ip(const char *s, u8 a[4])
 			return false;
 	}
 	return *s == 0 || *s == ' ';
-}
-
-/* The value of the word "name..." on the command line, or NULL. */
-static const char *find_word(const char *line, const char *name)
-{
-	size_t n = strlen(name);
-
-	for (const char *p = line; *p; p++)
-		if ((p == line || p[-1] == ' ') && strncmp(p, name, n) == 0)
-			return p + n;
-	return NULL;
 }
 
 static void print_mac(const u8 *m)
@@ -256,9 +248,9 @@ static bool await(int want, bool (*resend)(void))
 	}
 }
 
-int test_net(const char *cmdline)
+int test_net(void)
 {
-	const char *ip = find_word(cmdline, "ip="), *peer = find_word(cmdline, "peer=");
+	const char *ip = cmdline_value("ip="), *peer = cmdline_value("peer=");
 	u16 rx_count;
 
 	failures = 0;

@@ -3,10 +3,11 @@
  * Each check prints "PASS <name>" or "FAIL <name>: <why>" (see README.md
  * for the list and for the pattern the host puts on the disk).
  */
+#include "check.h"
 #include "pci.h"
+#include "pic.h"
 #include "virtio.h"
-
-
+#include "virtio_tests.h"
 
 /* Queue memory and request buffers, shared by the tests (one at a time). */
 static struct virtq_mem qmem[2];
@@ -157,7 +158,6 @@ static bool find_blk(bool ro)
 	return false;
 }
 
-/* msix=off on the command line: test=blk proves INTx instead of MSI-X. */
 bool virtio_msix_off;
 
 int test_blk(void)
