@@ -92,6 +92,14 @@ static void test_loopback(void)
 	      got[0] << 24 | got[1] << 16 | got[2] << 8 | got[3]);
 }
 
+/* PIT channel 0, mode 0 (interrupt on terminal count): one IRQ 0 after 'count' ticks. */
+static void pit_oneshot(u16 count)
+{
+	outb(0x43, 0x30);
+	outb(0x40, count & 0xff);
+	outb(0x40, count >> 8);
+}
+
 /*
  * The THR-empty interrupt: with the PIC remapped and only IRQ 4 unmasked,
  * enabling IER.THRI while the transmitter is idle must raise IRQ 4 at once,
@@ -101,14 +109,6 @@ static void test_loopback(void)
  * a bounded number of times; an interrupt that is pending is taken in the
  * first window.
  */
-/* PIT channel 0, mode 0 (interrupt on terminal count): one IRQ 0 after 'count' ticks. */
-static void pit_oneshot(u16 count)
-{
-	outb(0x43, 0x30);
-	outb(0x40, count & 0xff);
-	outb(0x40, count >> 8);
-}
-
 static void test_interrupt(void)
 {
 	u8 iir, irr;

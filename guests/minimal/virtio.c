@@ -139,7 +139,6 @@ bool virtio_probe(struct virtio_dev *d, u16 type, int nth)
 			continue;
 		memset(d, 0, sizeof(*d));
 		d->devfn = devs[i].devfn;
-		d->type = type;
 		if (!parse_caps(d))
 			return false;
 		/* MMIO and DMA on, INTx off (we use MSI-X or poll). */

@@ -83,7 +83,6 @@ struct virtq {
 
 struct virtio_dev {
 	u8 devfn;
-	u16 type;
 	volatile u8 *common, *isr, *config;
 	volatile u8 *notify_base;
 	u32 notify_mult;
