@@ -3,9 +3,17 @@
 //
 // The targets are the architecture, bottom to top:
 //   CKVM, CLibElf  C headers (<linux/kvm.h> + a shim, libelf) as system-library modules
+//   CHost          Linux calls Swift's Glibc module does not export: eventfd, getrandom,
+//                  thread names, fallocate, tap devices
+//   CAtomics       acquire/release accesses to memory shared with the guest (virtqueue rings)
+//   CTeardown      the helper process that takes the VM's teardown off swiftvmm's exit
+//   HostSupport    named host threads, the monotonic clock, lines on stderr, JSON, the version
+//                  (JSON and the version this low: `inspect`, crash reports and the version
+//                  hypercall use them, not only the run report and the command line)
+//   RunControl     how a run ends: outcomes, exit statuses, the stop controller, the
+//                  timeline, the --trace switches
 //   KVM            /dev/kvm, VMs, vCPUs: thin, typed wrappers around the ioctls
 //   Memory         guest RAM: mapping, layout, bounds-checked guest-physical access
-//   Lifecycle      how a run ends (outcomes, stop requests), tracing and counters
 //   Boot           kernel loaders and the CPU/memory state a kernel is entered with
 //   Devices        the I/O bus and one file per device model
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
@@ -26,18 +34,23 @@ let package = Package(
         .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", providers: [.apt(["libelf-dev", "libdw-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Memory"),
-        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
-        .target(name: "Lifecycle", dependencies: ["CSystem"]),
-        .target(name: "Boot", dependencies: ["KVM", "Memory", "Lifecycle", "CLibElf"]),
-        .target(name: "Devices", dependencies: ["KVM", "Memory", "Lifecycle", "CSystem"]),
-        .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "Lifecycle", "Devices", "CSystem"]),
-        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls", "CSystem"]),
+        .systemLibrary(name: "CHost", path: "Sources/CHost"),
+        .systemLibrary(name: "CAtomics", path: "Sources/CAtomics"),
+        .systemLibrary(name: "CTeardown", path: "Sources/CTeardown"),
+        .target(name: "HostSupport", dependencies: ["CHost"]),
+        .target(name: "RunControl", dependencies: ["HostSupport", "CHost"]),
+        .target(name: "Boot", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CLibElf"]),
+        .target(name: "Devices", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CHost", "CAtomics"]),
+        .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "Devices", "CHost"]),
+        .target(name: "Machine", dependencies: [
+            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "Devices", "Hypercalls", "CTeardown",
+        ]),
         .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "Boot", "Memory", "Lifecycle", "Devices",
+            "Machine", "Boot", "Memory", "HostSupport", "RunControl", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [
-            "KVM", "Memory", "Lifecycle", "Boot", "Devices", "Hypercalls", "Machine", "swiftvmm",
+            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "Devices", "Hypercalls", "Machine", "swiftvmm",
         ]),
     ]
 )

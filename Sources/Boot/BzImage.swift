@@ -1,4 +1,4 @@
-import Lifecycle
+import HostSupport
 import Memory
 
 /// A Linux bzImage as the x86 boot protocol (Documentation/arch/x86/boot.rst) describes it:

@@ -1,4 +1,4 @@
-import Lifecycle
+import HostSupport
 import Memory
 
 /// How the boot CPU enters the kernel.

@@ -1,5 +1,5 @@
 import Glibc
-internal import CSystem
+internal import CHost
 
 /// eventfd helpers: a counter in the kernel that one thread bumps and another polls.
 public func makeEventFD() -> Int32 {

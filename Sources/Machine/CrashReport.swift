@@ -1,8 +1,8 @@
 import Boot
-import Devices
 import CKVM
+import Devices
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
 
 /// The state of every vCPU when a run ended badly: registers (general, segment, control,

@@ -1,6 +1,6 @@
 import CKVM
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
 
 /// What a user needs first when the guest hits something the VMM cannot continue from: which

@@ -1,12 +1,13 @@
 import Boot
 import CKVM
-internal import CSystem
+internal import CTeardown
 import Devices
 import Glibc
+import HostSupport
 import Hypercalls
 import KVM
-import Lifecycle
 import Memory
+import RunControl
 
 /// A VM assembled from a `MachineConfig`: KVM objects, guest RAM, the kernel loaded, devices on
 /// their buses, vCPUs ready at the kernel's entry. `run()` starts it and returns how it ended.

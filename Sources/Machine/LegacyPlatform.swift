@@ -2,8 +2,8 @@ import Boot
 import CKVM
 import Devices
 import KVM
-import Lifecycle
 import Memory
+import RunControl
 
 /// The PC bits around the CPU that a Linux kernel touches at boot, and the entry state of
 /// the bootstrap processor for each boot path.

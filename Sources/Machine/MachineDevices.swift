@@ -1,8 +1,9 @@
 import Boot
 import Devices
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
+import RunControl
 
 /// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
 public struct VirtioConfig: Sendable {

@@ -1,8 +1,8 @@
 import Boot
 import Devices
 import Foundation
-import Lifecycle
 import Memory
+import RunControl
 import Testing
 
 /// Read boot_params back from guest memory.

@@ -1,5 +1,4 @@
 import KVM
-import Lifecycle
 import Synchronization
 
 /// The MSI-X table and pending-bit array of one function (PCI spec 6.8.2), as plain state.

@@ -1,6 +1,6 @@
-internal import CSystem
+internal import CHost
 import Glibc
-import Lifecycle
+import RunControl
 
 /// virtio-blk (virtio 1.2, 5.2) on a raw image file: one request queue, 512-byte sectors.
 ///

@@ -1,5 +1,6 @@
-import Lifecycle
+import HostSupport
 import Memory
+import RunControl
 import Synchronization
 
 /// What one virtio device type does (virtio 1.2, section 5): its ID, features, queues and

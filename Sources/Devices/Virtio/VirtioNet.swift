@@ -1,6 +1,6 @@
-internal import CSystem
+internal import CHost
 import Glibc
-import Lifecycle
+import RunControl
 import Synchronization
 
 /// virtio-net (virtio 1.2, 5.1) on a host tap device: queue 0 receives, queue 1 transmits.

@@ -1,6 +1,6 @@
 import Glibc
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
 import Synchronization
 
