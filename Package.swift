@@ -15,6 +15,8 @@
 //   KVM            /dev/kvm, VMs, vCPUs: thin, typed wrappers around the ioctls
 //   Memory         guest RAM: mapping, layout, bounds-checked guest-physical access
 //   Boot           kernel loaders and the CPU/memory state a kernel is entered with
+//   CrashReports   when a run ends badly: fault and crash reports (registers, stacks), oops
+//                  decoding, and the symbols and DWARF source lines they are resolved with
 //   Devices        the I/O bus and one file per device model
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
 //   Machine        assembles a VM from a configuration and runs the vCPU loops
@@ -40,17 +42,18 @@ let package = Package(
         .target(name: "HostSupport", dependencies: ["CHost"]),
         .target(name: "RunControl", dependencies: ["HostSupport", "CHost"]),
         .target(name: "Boot", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CLibElf"]),
+        .target(name: "CrashReports", dependencies: ["CKVM", "KVM", "Memory", "HostSupport", "Boot", "CLibElf"]),
         .target(name: "Devices", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CHost", "CAtomics"]),
         .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "Devices", "CHost"]),
         .target(name: "Machine", dependencies: [
-            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "Devices", "Hypercalls", "CTeardown",
+            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "CrashReports", "Devices", "Hypercalls", "CTeardown",
         ]),
         .executableTarget(name: "swiftvmm", dependencies: [
             "Machine", "Boot", "Memory", "HostSupport", "RunControl", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [
-            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "Devices", "Hypercalls", "Machine", "swiftvmm",
+            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "CrashReports", "Devices", "Hypercalls", "Machine", "swiftvmm",
         ]),
     ]
 )

@@ -1,5 +1,6 @@
 import Boot
 import CKVM
+import CrashReports
 internal import CTeardown
 import Devices
 import Glibc
@@ -308,7 +309,7 @@ public final class GuestMachine: @unchecked Sendable {
         var oops: DecodedOops?
         if let seen = monitor.oops {
             let lines = (config.debugVmlinuxPath ?? (isELF(config.kernelPath) ? config.kernelPath : nil)).flatMap(SourceLines.init(path:))
-            oops = DecodedOops.decode(seen, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
+            oops = DecodedOops.decode(ripLine: seen.ripLine, callTrace: seen.frames, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
         }
         var interrupts: String?
         if outcome.name == "timeout" {

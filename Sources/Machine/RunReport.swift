@@ -1,4 +1,4 @@
-import Boot
+import CrashReports
 import Devices
 import HostSupport
 import RunControl

@@ -1,4 +1,5 @@
 import CKVM
+import CrashReports
 import Devices
 import Glibc
 import HostSupport

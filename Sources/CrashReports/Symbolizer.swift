@@ -1,3 +1,5 @@
+import Boot
+
 /// Turns guest code addresses into `symbol+0xoffset/0xsize`, from a kernel ELF's symbol table
 /// or a `System.map`, and back (name to address), for crash reports and oops decoding.
 public struct Symbolizer: Sendable {

@@ -6,11 +6,11 @@ import Memory
 /// What a user needs first when the guest hits something the VMM cannot continue from: which
 /// exit, on which vCPU, where (RIP), and the instruction bytes there. Taken on the faulting
 /// vCPU's thread, at the moment of the exit; `CrashReport` adds every vCPU's registers.
-struct FaultReport {
-    let summary: String
-    let text: String
+public struct FaultReport {
+    public let summary: String
+    public let text: String
 
-    init(vcpu: VCPU, memory: GuestMemory, reason: UInt32, run: UnsafeMutablePointer<kvm_run>) {
+    public init(vcpu: VCPU, memory: GuestMemory, reason: UInt32, run: UnsafeMutablePointer<kvm_run>) {
         let regs = try? vcpu.regs()
         let rip = regs?.rip ?? 0
         var what: String
@@ -76,7 +76,7 @@ struct FaultReport {
         ]
     }
 
-    static func exitReasonName(_ reason: UInt32) -> String {
+    public static func exitReasonName(_ reason: UInt32) -> String {
         switch reason {
         case SKVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN"
         case SKVM_EXIT_EXCEPTION: return "KVM_EXIT_EXCEPTION"
