@@ -14,7 +14,13 @@
 //                  timeline, the --trace switches
 //   KVM            /dev/kvm, VMs, vCPUs: thin, typed wrappers around the ioctls
 //   Memory         guest RAM: mapping, layout, bounds-checked guest-physical access
-//   Boot           kernel loaders and the CPU/memory state a kernel is entered with
+//   X86Platform    the PC a kernel wakes up in: the guest-physical layout (every address,
+//                  the PCI hole included), e820, the MP table, ACPI tables and AML, CPUID,
+//                  boot MSRs, the long-mode and protected-mode entry states
+//   KernelLoading  kernel images into guest RAM: ELF, bzImage, the page-offset heuristic,
+//                  initrd, command line, boot_params and PVH start info, `inspect`; the
+//                  LoadedKernel it returns (entry mode, ranges, e820) is what the machine
+//                  and the entry states meet on. Uses X86Platform's layout, never the reverse
 //   CrashReports   when a run ends badly: fault and crash reports (registers, stacks), oops
 //                  decoding, and the symbols and DWARF source lines they are resolved with
 //   Devices        the I/O bus and one file per device model
@@ -41,19 +47,24 @@ let package = Package(
         .systemLibrary(name: "CTeardown", path: "Sources/CTeardown"),
         .target(name: "HostSupport", dependencies: ["CHost"]),
         .target(name: "RunControl", dependencies: ["HostSupport", "CHost"]),
-        .target(name: "Boot", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CLibElf"]),
-        .target(name: "CrashReports", dependencies: ["CKVM", "KVM", "Memory", "HostSupport", "Boot", "CLibElf"]),
+        .target(name: "X86Platform", dependencies: ["CKVM", "Memory"]),
+        .target(name: "KernelLoading", dependencies: ["Memory", "X86Platform", "HostSupport", "RunControl", "CLibElf"]),
+        .target(name: "CrashReports", dependencies: ["CKVM", "KVM", "Memory", "HostSupport", "KernelLoading", "CLibElf"]),
         .target(name: "Devices", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CHost", "CAtomics"]),
-        .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "Devices", "CHost"]),
+        .target(name: "Hypercalls", dependencies: [
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "Devices", "CHost",
+        ]),
         .target(name: "Machine", dependencies: [
-            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "CrashReports", "Devices", "Hypercalls", "CTeardown",
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Devices",
+            "Hypercalls", "CTeardown",
         ]),
         .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "Boot", "Memory", "HostSupport", "RunControl", "Devices",
+            "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [
-            "KVM", "Memory", "HostSupport", "RunControl", "Boot", "CrashReports", "Devices", "Hypercalls", "Machine", "swiftvmm",
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Devices", "Hypercalls",
+            "Machine", "swiftvmm",
         ]),
     ]
 )

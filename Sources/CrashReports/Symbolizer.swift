@@ -1,4 +1,4 @@
-import Boot
+import KernelLoading
 
 /// Turns guest code addresses into `symbol+0xoffset/0xsize`, from a kernel ELF's symbol table
 /// or a `System.map`, and back (name to address), for crash reports and oops decoding.

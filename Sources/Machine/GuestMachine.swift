@@ -1,14 +1,15 @@
-import Boot
 import CKVM
-import CrashReports
 internal import CTeardown
+import CrashReports
 import Devices
 import Glibc
 import HostSupport
 import Hypercalls
 import KVM
+import KernelLoading
 import Memory
 import RunControl
+import X86Platform
 
 /// A VM assembled from a `MachineConfig`: KVM objects, guest RAM, the kernel loaded, devices on
 /// their buses, vCPUs ready at the kernel's entry. `run()` starts it and returns how it ended.

@@ -1,4 +1,4 @@
-import Boot
+import KernelLoading
 import Memory
 import RunControl
 

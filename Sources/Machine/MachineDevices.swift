@@ -1,9 +1,9 @@
-import Boot
 import Devices
 import HostSupport
 import KVM
 import Memory
 import RunControl
+import X86Platform
 
 /// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
 public struct VirtioConfig: Sendable {

@@ -1,8 +1,8 @@
 import ArgumentParser
-import Boot
 import Devices
 import Glibc
 import HostSupport
+import KernelLoading
 import Machine
 import Memory
 import RunControl

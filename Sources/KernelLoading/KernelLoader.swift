@@ -1,5 +1,15 @@
+// KernelLoading: a kernel image into guest RAM, with everything it reads at its entry. One
+// file per format and boot-protocol structure: ELFImage (a vmlinux, the bundled guest, and
+// old 32-bit kernels through lguest's page-offset heuristic in PageOffset), BzImage (Linux's
+// x86 boot protocol), Initrd, ZeroPage (boot_params) and PVHStartInfo. KernelLoader picks the
+// format and the entry and checks everything before it writes anything; the addresses come
+// from X86Platform's layout. What was loaded comes back as a LoadedKernel, whose EntryMode
+// the machine turns into the boot CPU's state. KernelInspection is `swiftvmm inspect`: the
+// same parsers, nothing booted.
+
 import HostSupport
 import Memory
+import X86Platform
 
 /// How the boot CPU enters the kernel.
 public enum EntryMode: Sendable, Equatable {

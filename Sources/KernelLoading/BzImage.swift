@@ -1,5 +1,6 @@
 import HostSupport
 import Memory
+import X86Platform
 
 /// A Linux bzImage as the x86 boot protocol (Documentation/arch/x86/boot.rst) describes it:
 /// a real-mode setup part of `setup_sects + 1` sectors with the setup header at 0x1F1, then

@@ -1,4 +1,4 @@
-import Memory
+import X86Platform
 
 /// Linux's `struct boot_params` (the "zero page", one 4 KiB page), written field by field at
 /// the byte offsets Documentation/arch/x86/zero-page.rst and boot.rst give.
