@@ -47,7 +47,7 @@ let package = Package(
         .systemLibrary(name: "CTeardown", path: "Sources/CTeardown"),
         .target(name: "HostSupport", dependencies: ["CHost"]),
         .target(name: "RunControl", dependencies: ["HostSupport", "CHost"]),
-        .target(name: "X86Platform", dependencies: ["CKVM", "Memory"]),
+        .target(name: "X86Platform", dependencies: ["CKVM", "Memory", "HostSupport"]),
         .target(name: "KernelLoading", dependencies: ["Memory", "X86Platform", "HostSupport", "RunControl", "CLibElf"]),
         .target(name: "CrashReports", dependencies: ["CKVM", "KVM", "Memory", "HostSupport", "KernelLoading", "CLibElf"]),
         .target(name: "Devices", dependencies: ["KVM", "Memory", "HostSupport", "RunControl", "CHost", "CAtomics"]),

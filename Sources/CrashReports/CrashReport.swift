@@ -116,6 +116,7 @@ public struct CrashReport: Sendable {
     }
 }
 
+/// An instruction byte as objdump shows it: two hex digits.
 func hexByte(_ b: UInt8) -> String {
     let s = String(b, radix: 16)
     return s.count == 1 ? "0" + s : s

@@ -48,7 +48,7 @@ public struct FaultReport {
         summary = "\(what) on vCPU \(vcpu.id) at RIP \(Diagnostics.hex(rip, width: 16))"
         var lines = ["swiftvmm: \(summary)"]
         if !insn.isEmpty {
-            lines.append("  instruction bytes at RIP: " + insn.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " "))
+            lines.append("  instruction bytes at RIP: " + insn.map(hexByte).joined(separator: " "))
         }
         text = lines.joined(separator: "\n")
     }

@@ -181,3 +181,13 @@ public enum Compression {
         return "unknown"
     }
 }
+
+/// Little-endian reads from a file's bytes, bounds-checked: nil past the end.
+extension Array where Element == UInt8 {
+    func le<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T? {
+        guard offset >= 0, offset <= count - MemoryLayout<T>.size else { return nil }
+        var v: T = 0
+        for i in 0..<MemoryLayout<T>.size { v |= T(self[offset + i]) << (8 * i) }
+        return v
+    }
+}

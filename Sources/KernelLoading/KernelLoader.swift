@@ -98,12 +98,6 @@ public enum KernelLoader {
     /// Linux's COMMAND_LINE_SIZE on x86 for ELF kernels, which carry no setup header to say.
     public static let defaultCommandLineLimit = 2048
 
-    /// The foundation's entry point, kept for callers that have no initrd or entry choice.
-    public static func load(path: String, into memory: GuestMemory, commandLine: String,
-                            reserved: [Range<UInt64>]) throws(BootError) -> LoadedKernel {
-        try load(path: path, into: memory, options: BootOptions(commandLine: commandLine, reserved: reserved))
-    }
-
     public static func load(path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
         let bytes = try readFile(path)
         guard !bytes.isEmpty else { throw .notAKernel(path: path, reason: "the file is empty") }

@@ -45,13 +45,3 @@ public struct PVHStartInfo {
         return PVHStartInfo(bytes: b.bytes)
     }
 }
-
-/// Little-endian reads from a byte array, bounds-checked: nil past the end.
-extension Array where Element == UInt8 {
-    func le<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T? {
-        guard offset >= 0, offset <= count - MemoryLayout<T>.size else { return nil }
-        var v: T = 0
-        for i in 0..<MemoryLayout<T>.size { v |= T(self[offset + i]) << (8 * i) }
-        return v
-    }
-}
