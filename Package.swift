@@ -2,14 +2,14 @@
 // swiftvmm: a small KVM virtual machine monitor in the spirit of lguest's launcher.
 //
 // The targets are the architecture, bottom to top:
-//   CKVM, CLibElf  C headers (<linux/kvm.h> + a shim, libelf) as system-library modules
+//   CKVM, CLibElf  C headers as system-library modules: <linux/kvm.h> + a shim; libelf, libdw
 //   CHost          Linux calls Swift's Glibc module does not export: eventfd, getrandom,
 //                  thread names, fallocate, tap devices
 //   CAtomics       acquire/release accesses to memory shared with the guest (virtqueue rings)
 //   CTeardown      the helper process that takes the VM's teardown off swiftvmm's exit
 //   HostSupport    named host threads, the monotonic clock, lines on stderr, JSON, the version
-//                  (JSON and the version this low: `inspect`, crash reports and the version
-//                  hypercall use them, not only the run report and the command line)
+//                  (JSON and the version sit this low because `inspect`, crash reports and
+//                  the version hypercall use them, not only the run report and --version)
 //   RunControl     how a run ends: outcomes, exit statuses, the stop controller, the
 //                  timeline, the --trace switches
 //   KVM            /dev/kvm, VMs, vCPUs: thin, typed wrappers around the ioctls
@@ -18,15 +18,20 @@
 //                  the PCI hole included), e820, the MP table, ACPI tables and AML, CPUID,
 //                  boot MSRs, the long-mode and protected-mode entry states
 //   KernelLoading  kernel images into guest RAM: ELF, bzImage, the page-offset heuristic,
-//                  initrd, command line, boot_params and PVH start info, `inspect`; the
-//                  LoadedKernel it returns (entry mode, ranges, e820) is what the machine
-//                  and the entry states meet on. Uses X86Platform's layout, never the reverse
+//                  initrd, command line, boot_params and PVH start info, `inspect`. It uses
+//                  X86Platform's layout, never the reverse; the LoadedKernel it returns
+//                  (entry mode, ranges, e820) is where the machine and the entry states meet
 //   CrashReports   when a run ends badly: fault and crash reports (registers, stacks), oops
 //                  decoding, and the symbols and DWARF source lines they are resolved with
 //   Devices        the I/O bus and one file per device model
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
 //   Machine        assembles a VM from a configuration and runs the vCPU loops
 //   swiftvmm       the command line
+//
+// A boot in those terms: Memory maps the guest's RAM; KernelLoading places the kernel, the
+// initrd and the command line and writes boot_params or PVH start info, with X86Platform's
+// e820 map and page tables; Machine adds the Devices, writes X86Platform's MP and ACPI tables,
+// and puts the boot vCPU in the entry state the LoadedKernel names; its vCPU loop then runs.
 import PackageDescription
 
 let package = Package(
