@@ -2,17 +2,38 @@
 // swiftvmm: a small KVM virtual machine monitor in the spirit of lguest's launcher.
 //
 // The targets are the architecture, bottom to top:
-//   CKVM, CLibElf  C headers (<linux/kvm.h> + a shim, libelf) as system-library modules
+//   CKVM, CLibElf  C headers as system-library modules: <linux/kvm.h> + a shim; libelf, libdw
+//   CHost          Linux calls Swift's Glibc module does not export: eventfd, getrandom,
+//                  thread names, fallocate, tap devices
+//   CAtomics       acquire/release accesses to memory shared with the guest (virtqueue rings)
+//   CTeardown      the helper process that takes the VM's teardown off swiftvmm's exit
+//   HostSupport    named host threads, the monotonic clock, lines on stderr, JSON, the version
+//                  (JSON and the version sit this low because `inspect`, crash reports and
+//                  the version hypercall use them, not only the run report and --version)
+//   RunControl     how a run ends: outcomes, exit statuses, the stop controller, the
+//                  timeline, the --trace switches
 //   KVM            /dev/kvm, VMs, vCPUs: thin, typed wrappers around the ioctls
 //   Memory         guest RAM: mapping, layout, bounds-checked guest-physical access
-//   Lifecycle      how a run ends (outcomes, stop requests), tracing and counters
-//   Boot           kernel loaders and the CPU/memory state a kernel is entered with
+//   X86Platform    the PC a kernel wakes up in: the guest-physical layout (every address,
+//                  the PCI hole included), e820, the MP table, ACPI tables and AML, CPUID,
+//                  boot MSRs, the long-mode and protected-mode entry states
+//   KernelLoading  kernel images into guest RAM: ELF, bzImage, the page-offset heuristic,
+//                  initrd, command line, boot_params and PVH start info, `inspect`. It uses
+//                  X86Platform's layout, never the reverse; the LoadedKernel it returns
+//                  (entry mode, ranges, e820) is where the machine and the entry states meet
+//   CrashReports   when a run ends badly: fault and crash reports (registers, stacks), oops
+//                  decoding, and the symbols and DWARF source lines they are resolved with
 //   Backends       where devices' data lives: block images, taps (what a test can replace)
 //   Devices        the I/O bus and one file per device model; interrupts and doorbells
 //                  through protocols (Machine implements them over KVM)
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
 //   Machine        assembles a VM from a configuration and runs the vCPU loops
 //   swiftvmm       the command line
+//
+// A boot in those terms: Memory maps the guest's RAM; KernelLoading places the kernel, the
+// initrd and the command line and writes boot_params or PVH start info, with X86Platform's
+// e820 map and page tables; Machine adds the Devices, writes X86Platform's MP and ACPI tables,
+// and puts the boot vCPU in the entry state the LoadedKernel names; its vCPU loop then runs.
 import PackageDescription
 
 let package = Package(
@@ -28,19 +49,30 @@ let package = Package(
         .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", providers: [.apt(["libelf-dev", "libdw-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Memory"),
-        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
-        .target(name: "Lifecycle", dependencies: ["CSystem"]),
-        .target(name: "Boot", dependencies: ["KVM", "Memory", "Lifecycle", "CLibElf"]),
-        .target(name: "Backends", dependencies: ["CSystem"]),
-        .target(name: "Devices", dependencies: ["Memory", "Lifecycle", "Backends", "CSystem"]),
-        .target(name: "Hypercalls", dependencies: ["KVM", "Memory", "Lifecycle", "Devices", "CSystem"]),
-        .target(name: "Machine", dependencies: ["KVM", "Memory", "Lifecycle", "Boot", "Backends", "Devices", "Hypercalls", "CSystem"]),
+        .systemLibrary(name: "CHost", path: "Sources/CHost"),
+        .systemLibrary(name: "CAtomics", path: "Sources/CAtomics"),
+        .systemLibrary(name: "CTeardown", path: "Sources/CTeardown"),
+        .target(name: "HostSupport", dependencies: ["CHost"]),
+        .target(name: "RunControl", dependencies: ["HostSupport", "CHost"]),
+        .target(name: "X86Platform", dependencies: ["CKVM", "Memory", "HostSupport"]),
+        .target(name: "KernelLoading", dependencies: ["Memory", "X86Platform", "HostSupport", "RunControl", "CLibElf"]),
+        .target(name: "CrashReports", dependencies: ["CKVM", "KVM", "Memory", "HostSupport", "KernelLoading", "CLibElf"]),
+        .target(name: "Backends", dependencies: ["CHost"]),
+        .target(name: "Devices", dependencies: ["Memory", "HostSupport", "RunControl", "Backends", "CHost", "CAtomics"]),
+        .target(name: "Hypercalls", dependencies: [
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "Devices", "CHost",
+        ]),
+        .target(name: "Machine", dependencies: [
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends",
+            "Devices", "Hypercalls", "CTeardown",
+        ]),
         .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "Boot", "Memory", "Lifecycle", "Devices",
+            "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "SwiftVMMTests", dependencies: [
-            "KVM", "Memory", "Lifecycle", "Boot", "Backends", "Devices", "Hypercalls", "Machine", "swiftvmm",
+            "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends", "Devices", "Hypercalls",
+            "Machine", "swiftvmm",
         ]),
     ]
 )

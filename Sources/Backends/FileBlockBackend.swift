@@ -1,4 +1,4 @@
-internal import CSystem
+internal import CHost
 import Glibc
 
 /// A raw image in a file or a block device: pread/pwrite straight between the file and guest

@@ -1,4 +1,4 @@
-internal import CSystem
+internal import CHost
 import Glibc
 
 /// A host tap device with a vnet header, so frames cross with the virtio-net header and no

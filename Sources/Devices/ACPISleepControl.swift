@@ -1,4 +1,4 @@
-import Lifecycle
+import RunControl
 
 /// The hardware-reduced ACPI sleep registers (FADT SLEEP_CONTROL_REG and SLEEP_STATUS_REG),
 /// the one way ACPI gives a guest to power the machine off when there are no PM1 blocks.

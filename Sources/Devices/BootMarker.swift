@@ -1,4 +1,4 @@
-import Lifecycle
+import RunControl
 
 /// The boot-time marker, as Firecracker has it: a guest (typically its init) writes the byte
 /// 123 to port 0x3F0 when it considers itself booted, and the time is reported. Other values

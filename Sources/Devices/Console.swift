@@ -1,5 +1,6 @@
 import Glibc
-import Lifecycle
+import HostSupport
+import RunControl
 import Synchronization
 
 /// The guest's console as the host sees it: bytes from the serial port and the console

@@ -1,4 +1,4 @@
-import Lifecycle
+import RunControl
 
 /// Watches the guest's console line by line and ends the run when a line decides it:
 /// a kernel panic (once the stack trace after it is out), a `--fail-on` pattern, or the last

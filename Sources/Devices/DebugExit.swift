@@ -1,4 +1,4 @@
-import Lifecycle
+import RunControl
 
 /// QEMU's isa-debug-exit, so test kernels written for QEMU run unchanged: a write of V to the
 /// port ends the run with exit code `(V << 1) | 1` (`--debug-exit[=PORT]`, default 0xF4,

@@ -1,5 +1,5 @@
 import Glibc
-internal import CSystem
+internal import CHost
 
 /// An eventfd: a counter in the host kernel that one side bumps and the other polls. The
 /// doorbells a guest rings and the interrupts a device raises are eventfds that KVM signals

@@ -1,4 +1,4 @@
-import Lifecycle
+import RunControl
 import Synchronization
 
 /// The PC keyboard controller (i8042), reduced to what a kernel needs from it on a machine

@@ -1,5 +1,5 @@
 import Glibc
-import Lifecycle
+import HostSupport
 import Synchronization
 
 /// A device model as the bus sees it: an object that answers reads and writes at offsets

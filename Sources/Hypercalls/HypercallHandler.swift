@@ -1,8 +1,9 @@
-internal import CSystem
+internal import CHost
 import Devices
 import Glibc
-import Lifecycle
+import HostSupport
 import Memory
+import RunControl
 
 /// The registers a hypercall reads, in calling-convention order.
 public struct HypercallArguments: Sendable {

@@ -1,3 +1,5 @@
+import X86Platform
+
 /// The hypercall page: one guest page at guest-physical 0x2000, filled by swiftvmm with a
 /// 32-byte stub per hypercall number, as Xen lays its page out. A guest calls
 /// `hypercall_page + nr * 32` with arguments in rdi, rsi, rdx, rcx, r8 and finds the result
@@ -18,7 +20,7 @@
 /// The last slot (127) is not a stub but an info block a guest can use to detect swiftvmm:
 /// the 8 bytes "SWIFTVMM", the u32 ABI version, and the u32 number of stub slots (127).
 public enum HypercallPage {
-    public static let address: UInt64 = 0x2000
+    public static let address = BootLayout.hypercallPage
     public static let size = 4096
     public static let slotSize = 32
     /// Slots 0...126 hold stubs; slot 127 holds the info block.

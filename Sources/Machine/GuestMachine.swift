@@ -1,12 +1,15 @@
-import Boot
 import CKVM
-internal import CSystem
+internal import CTeardown
+import CrashReports
 import Devices
 import Glibc
+import HostSupport
 import Hypercalls
 import KVM
-import Lifecycle
+import KernelLoading
 import Memory
+import RunControl
+import X86Platform
 
 /// A VM assembled from a `MachineConfig`: KVM objects, guest RAM, the kernel loaded, devices on
 /// their buses, vCPUs ready at the kernel's entry. `run()` starts it and returns how it ended.
@@ -310,7 +313,7 @@ public final class GuestMachine: @unchecked Sendable {
         var oops: DecodedOops?
         if let seen = monitor.oops {
             let lines = (config.debugVmlinuxPath ?? (isELF(config.kernelPath) ? config.kernelPath : nil)).flatMap(SourceLines.init(path:))
-            oops = DecodedOops.decode(seen, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
+            oops = DecodedOops.decode(ripLine: seen.ripLine, callTrace: seen.frames, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
         }
         var interrupts: String?
         if outcome.name == "timeout" {

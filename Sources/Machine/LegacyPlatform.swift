@@ -1,9 +1,10 @@
-import Boot
 import CKVM
 import Devices
 import KVM
-import Lifecycle
+import KernelLoading
 import Memory
+import RunControl
+import X86Platform
 
 /// The PC bits around the CPU that a Linux kernel touches at boot, and the entry state of
 /// the bootstrap processor for each boot path.
@@ -30,7 +31,7 @@ enum LegacyPlatform {
     static func writeACPITables(into memory: GuestMemory, cpus: Int,
                                 pciInterrupts: [ACPITables.PCIInterrupt]) throws(GuestMemoryError) {
         let tables = ACPITables(cpus: cpus, ioAPICID: MPTable.ioAPICID(cpus: cpus),
-                                pciInterrupts: pciInterrupts, pciWindow: PCIBus.mmioWindow,
+                                pciInterrupts: pciInterrupts, pciWindow: BootLayout.pciHole,
                                 sleepControlPort: UInt16(ACPISleepControl.port))
         precondition(tables.end <= BootLayout.acpiEnd, "ACPI tables for \(cpus) vCPUs end at \(tables.end), past the BIOS area")
         try tables.write(into: memory)

@@ -1,6 +1,6 @@
-import Boot
-import Lifecycle
+import KernelLoading
 import Memory
+import RunControl
 
 /// Everything needed to build and run one VM: what the command line describes.
 public struct MachineConfig: Sendable {

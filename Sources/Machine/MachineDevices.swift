@@ -1,8 +1,9 @@
-import Boot
 import Devices
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
+import RunControl
+import X86Platform
 
 /// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
 public struct VirtioConfig: Sendable {
@@ -32,7 +33,7 @@ final class MachineDevices: @unchecked Sendable {
     /// no legacy device of this machine uses, shared round-robin.
     static let intxGSIs: [UInt32] = [10, 11, 5, 9]
 
-    let pci = PCIBus()
+    let pci = PCIBus(window: BootLayout.pciHole)
     private(set) var transports: [VirtioPCI] = []
     /// Each device's slot and the GSI its INTA# raises, for the DSDT's _PRT.
     private(set) var pciInterrupts: [ACPITables.PCIInterrupt] = []
@@ -45,8 +46,7 @@ final class MachineDevices: @unchecked Sendable {
         stopFD = stop.pollFD
         do {
             try ports.register(pci.configPorts, at: PCIBus.configAddressPort, length: PCIBus.configPortCount)
-            try mmio.register(pci.window, at: PCIBus.mmioWindow.lowerBound,
-                              length: UInt64(PCIBus.mmioWindow.count))
+            try mmio.register(pci.window, at: pci.mmioWindow.lowerBound, length: UInt64(pci.mmioWindow.count))
         } catch {
             throw .setup(error.description)
         }

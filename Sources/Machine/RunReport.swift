@@ -1,6 +1,7 @@
-import Boot
+import CrashReports
 import Devices
-import Lifecycle
+import HostSupport
+import RunControl
 
 /// The `--report=FILE` JSON: what happened, why, when, and what crossed the boundary.
 /// The fields are documented in docs/ci.md; tests check them against that list.

@@ -1,10 +1,12 @@
 import CKVM
+import CrashReports
 import Devices
 import Glibc
+import HostSupport
 import Hypercalls
 import KVM
-import Lifecycle
 import Memory
+import RunControl
 import Synchronization
 
 /// The vCPU loop: enter the guest, take the exit, hand it to whoever serves it, repeat.
@@ -23,7 +25,7 @@ final class VCPURunner: @unchecked Sendable {
     let memory: GuestMemory
     let hypercalls: HypercallHandler
     let stop: StopController
-    // The trace switches as plain Bools, read once per exit without calls into Lifecycle.
+    // The trace switches as plain Bools, read once per exit without calls into RunControl.
     let traceExits: Bool
     let traceIO: Bool
     let traceHypercalls: Bool

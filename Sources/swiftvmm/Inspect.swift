@@ -1,7 +1,8 @@
 import ArgumentParser
-import Boot
 import Glibc
-import Lifecycle
+import HostSupport
+import KernelLoading
+import RunControl
 
 /// `swiftvmm inspect <file> [--json]`: what the loaders see in a kernel image, without
 /// booting it.

@@ -1,10 +1,11 @@
 import ArgumentParser
-import Boot
-import Glibc
 import Devices
-import Lifecycle
+import Glibc
+import HostSupport
+import KernelLoading
 import Machine
 import Memory
+import RunControl
 
 /// `swiftvmm [options] <memory> <kernel> [guest command line...]`, lguest-style.
 ///

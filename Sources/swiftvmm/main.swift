@@ -1,5 +1,5 @@
 import ArgumentParser
-import Lifecycle
+import HostSupport
 
 /// When swiftvmm started, for reported timings: taken before anything else runs.
 let processStart = monotonicNanoseconds()

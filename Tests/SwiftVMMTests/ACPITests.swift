@@ -1,7 +1,8 @@
-import Boot
 import Foundation
+import KernelLoading
 import Memory
 import Testing
+import X86Platform
 
 /// Little-endian reads for the tests.
 private extension Array where Element == UInt8 {

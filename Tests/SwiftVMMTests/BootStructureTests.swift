@@ -1,7 +1,8 @@
-import Boot
 import Foundation
+import KernelLoading
 import Memory
 import Testing
+import X86Platform
 
 @Suite("Boot structures")
 struct BootStructureTests {

@@ -1,8 +1,9 @@
 import Devices
 import Foundation
+import HostSupport
 import Hypercalls
-import Lifecycle
 import Memory
+import RunControl
 import Testing
 
 @Suite("Hypercall page and handlers")

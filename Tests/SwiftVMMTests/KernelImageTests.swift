@@ -1,5 +1,5 @@
-import Boot
 import Foundation
+import KernelLoading
 import Memory
 import Testing
 

@@ -1,9 +1,10 @@
-import Boot
 import Devices
 import Foundation
-import Lifecycle
+import KernelLoading
 import Memory
+import RunControl
 import Testing
+import X86Platform
 
 /// Read boot_params back from guest memory.
 func zeroPage(in memory: GuestMemory) -> ZeroPage {

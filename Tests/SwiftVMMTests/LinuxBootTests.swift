@@ -1,5 +1,5 @@
-import Boot
 import Foundation
+import KernelLoading
 import Testing
 
 /// Boots through each entry path with real guests: the bundled minimal guest (PVH and 64-bit),

@@ -4,6 +4,7 @@ import Machine
 import Devices
 import Memory
 import Testing
+import X86Platform
 
 /// Config-mechanism-#1 accesses as a guest makes them: latch an address at 0xCF8, then
 /// read or write 0xCFC–0xCFF.
@@ -73,7 +74,7 @@ struct PCITests {
 
     @Test("conf1: the host bridge at 00:00.0, devices in the next slots, nothing elsewhere")
     func conf1() throws {
-        let bus = PCIBus()
+        let bus = PCIBus(window: BootLayout.pciHole)
         let probe = Probe()
         #expect(try bus.add(probe) == 1)
         let conf = Conf1(bus: bus)
@@ -93,12 +94,12 @@ struct PCITests {
 
     @Test("BARs are assigned naturally aligned in the window; sizing reads ~(size-1); decoding follows the command register")
     func bars() throws {
-        let bus = PCIBus()
+        let bus = PCIBus(window: BootLayout.pciHole)
         let probe = Probe()
         try bus.add(probe)
         let conf = Conf1(bus: bus)
         let bar0 = UInt64(conf.read(slot: 1, 0x10)), bar2 = UInt64(conf.read(slot: 1, 0x18))
-        #expect(PCIBus.mmioWindow.contains(bar0) && PCIBus.mmioWindow.contains(bar2))
+        #expect(BootLayout.pciHole.contains(bar0) && BootLayout.pciHole.contains(bar2))
         #expect(bar0 % 0x1000 == 0 && bar2 % 0x100000 == 0)
         #expect(conf.read(slot: 1, 0x14) == 0)
         conf.write(slot: 1, 0x10, ~0)
@@ -109,18 +110,18 @@ struct PCITests {
         conf.write(slot: 1, 0x18, UInt32(bar2))
         let window = bus.window!
         // Memory decoding off: nothing answers.
-        #expect(window.read(offset: bar0 - PCIBus.mmioWindow.lowerBound + 8, size: 4) == ~0)
+        #expect(window.read(offset: bar0 - BootLayout.pciHole.lowerBound + 8, size: 4) == ~0)
         #expect(probe.moves.isEmpty)
         conf.write(slot: 1, 4, UInt32(PCIConfigSpace.commandMemory), size: 2)
-        #expect(window.read(offset: bar0 - PCIBus.mmioWindow.lowerBound + 8, size: 4) == 8)
-        #expect(window.read(offset: bar2 - PCIBus.mmioWindow.lowerBound + 0x10, size: 4) == 2 << 32 | 0x10)
+        #expect(window.read(offset: bar0 - BootLayout.pciHole.lowerBound + 8, size: 4) == 8)
+        #expect(window.read(offset: bar2 - BootLayout.pciHole.lowerBound + 0x10, size: 4) == 2 << 32 | 0x10)
         #expect(probe.moves.count == 2)
         // The guest moves BAR 0: the old address goes quiet, the new one answers.
         let moved: UInt64 = 0xE000_0000
         conf.write(slot: 1, 0x10, UInt32(moved))
         #expect(probe.moves.last! == (0, moved))
-        #expect(window.read(offset: bar0 - PCIBus.mmioWindow.lowerBound, size: 4) == ~0)
-        window.write(offset: moved - PCIBus.mmioWindow.lowerBound + 4, size: 4, value: 77)
+        #expect(window.read(offset: bar0 - BootLayout.pciHole.lowerBound, size: 4) == ~0)
+        window.write(offset: moved - BootLayout.pciHole.lowerBound + 4, size: 4, value: 77)
         #expect(probe.lastWrite! == (4, 77))
         conf.write(slot: 1, 4, 0, size: 2)
         #expect(probe.moves.last! == (2, nil))
@@ -204,7 +205,7 @@ struct KVMInterruptTests {
     func transportOnVM() throws {
         let vm = try makeVM()
         let memory = try GuestMemory(size: 4 << 20)
-        let bus = PCIBus()
+        let bus = PCIBus(window: BootLayout.pciHole)
         let kvm = KVMInterrupts(vm: vm)
         let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, interrupts: kvm,
                                       intx: SharedLines(sink: kvm), intxLine: 10, doorbells: kvm)
@@ -231,7 +232,7 @@ struct KVMInterruptTests {
     func interruptModes() throws {
         let vm = try makeVM()
         let memory = try GuestMemory(size: 4 << 20)
-        let bus = PCIBus()
+        let bus = PCIBus(window: BootLayout.pciHole)
         let kvm = KVMInterrupts(vm: vm)
         let intx = SharedLines(sink: kvm)
         let transport = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, interrupts: kvm,

@@ -1,6 +1,6 @@
 import Devices
 import Foundation
-import Lifecycle
+import RunControl
 import Testing
 
 /// The UART's registers, driven as the 8250 driver does, without a VM.

@@ -3,16 +3,14 @@ import Synchronization
 /// PCI bus 0: a host bridge at 00:00.0, devices in the other slots, configuration mechanism #1
 /// (ports 0xCF8/0xCFC) and a 32-bit MMIO window for the BARs.
 ///
-/// The window sits in the PC's PCI hole, between the end of low RAM (at most 3 GiB, see
-/// `GuestMemory.lowMemoryLimit`) and the IOAPIC at 0xFEC00000, so it never overlaps RAM or the
-/// e820 map. BARs are assigned at start, naturally aligned, as firmware would; a guest may move
+/// The window is the machine's PCI hole (`BootLayout.pciHole`: between the end of low RAM and
+/// the IOAPIC), so it never overlaps RAM or the e820 map. BARs are assigned at start, naturally aligned, as firmware would; a guest may move
 /// them (Linux normally keeps them) and the window follows.
 /// Unchecked Sendable only for `configPorts` and `window`, set once in `init` (they point back
 /// at the bus); everything that changes is inside the two locks.
 public final class PCIBus: @unchecked Sendable {
     public static let configAddressPort: UInt64 = 0xCF8
     public static let configPortCount: UInt64 = 8
-    public static let mmioWindow: Range<UInt64> = 0xC000_0000 ..< 0xFEC0_0000
     public static let slotCount = 32
 
     struct Mapping {
@@ -28,18 +26,22 @@ public final class PCIBus: @unchecked Sendable {
         var address: UInt32 = 0
         var slots: [PCIDevice?] = Array(repeating: nil, count: PCIBus.slotCount)
         /// Where the next BAR goes (BARs are assigned at start, in slot order).
-        var nextBARAddress = PCIBus.mmioWindow.lowerBound
+        var nextBARAddress: UInt64
     }
-    private let configState = Mutex(ConfigState())
+    private let configState: Mutex<ConfigState>
+    /// The guest-physical range BARs are placed in (the machine's PCI hole).
+    public let mmioWindow: Range<UInt64>
     private let mappings = Mutex<[Mapping]>([])
 
     /// The BusDevices to register: conf1 on the port bus, the window on the MMIO bus.
     public private(set) var configPorts: PCIConfigPorts! = nil
     public private(set) var window: PCIMMIOWindow! = nil
 
-    public init() {
+    public init(window hole: Range<UInt64>) {
+        mmioWindow = hole
+        configState = Mutex(ConfigState(nextBARAddress: hole.lowerBound))
         configPorts = PCIConfigPorts(bus: self)
-        window = PCIMMIOWindow(bus: self)
+        self.window = PCIMMIOWindow(bus: self)
         let bridge = PCIDevice(name: "host bridge", config: PCIConfigSpace(
             vendor: 0x1B36, device: 0x0008, revision: 0, classCode: 0x06_00_00,
             subsystemVendor: 0x1B36, subsystem: 0x0008), barSizes: [])
@@ -66,7 +68,7 @@ public final class PCIBus: @unchecked Sendable {
             for (i, size) in device.barSizes.enumerated() where size != 0 {
                 let s = UInt64(size)
                 let base = (cursor + s - 1) & ~(s - 1)
-                guard base + s <= Self.mmioWindow.upperBound else { throw .windowFull(device.name, bytes: s) }
+                guard base + s <= mmioWindow.upperBound else { throw .windowFull(device.name, bytes: s) }
                 assigned.append((i, base))
                 cursor = base + s
             }
@@ -172,12 +174,12 @@ public final class PCIMMIOWindow: BusDevice {
     }
 
     public override func read(offset: UInt64, size: Int) -> UInt64 {
-        guard let (device, bar, off) = bus.resolve(PCIBus.mmioWindow.lowerBound + offset) else { return ~0 }
+        guard let (device, bar, off) = bus.resolve(bus.mmioWindow.lowerBound + offset) else { return ~0 }
         return device.barRead(bar, offset: off, size: size)
     }
 
     public override func write(offset: UInt64, size: Int, value: UInt64) {
-        guard let (device, bar, off) = bus.resolve(PCIBus.mmioWindow.lowerBound + offset) else { return }
+        guard let (device, bar, off) = bus.resolve(bus.mmioWindow.lowerBound + offset) else { return }
         device.barWrite(bar, offset: off, size: size, value: value)
     }
 }

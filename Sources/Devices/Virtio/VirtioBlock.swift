@@ -1,7 +1,8 @@
 import Backends
 import Glibc
+import HostSupport
+import RunControl
 import Synchronization
-import Lifecycle
 
 /// virtio-blk (virtio 1.2, 5.2) on a block backend (a raw image file): one request queue,
 /// 512-byte sectors.

@@ -1,5 +1,6 @@
-import Lifecycle
+import HostSupport
 import Memory
+import RunControl
 import Synchronization
 
 /// Numbers every virtio device shares (virtio 1.2, sections 2.1 and 6).

@@ -1,6 +1,6 @@
 import Backends
 import Glibc
-import Lifecycle
+import RunControl
 import Synchronization
 
 /// virtio-net (virtio 1.2, 5.1) on a network backend (a host tap): queue 0 receives, queue 1

@@ -1,5 +1,5 @@
 import Glibc
-import Lifecycle
+import HostSupport
 import Memory
 import Synchronization
 

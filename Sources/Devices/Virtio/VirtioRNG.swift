@@ -1,5 +1,5 @@
-internal import CSystem
-import Lifecycle
+internal import CHost
+import RunControl
 
 /// virtio-rng (virtio 1.2, 5.4, "entropy device"): one queue of device-writable buffers,
 /// each filled from the host's getrandom(2).

@@ -1,5 +1,5 @@
 import Glibc
-import Lifecycle
+import HostSupport
 
 /// The device thread of one virtio function: it sleeps in poll(2) on the stop request, the
 /// queues' kick events and the model's host fd (a tap), and serves what woke it.

@@ -1,4 +1,4 @@
-internal import CSystem
+internal import CAtomics
 import Memory
 
 /// A guest mistake found in a virtqueue (virtio 1.2, 2.7). Each carries the offending values.

@@ -1,16 +1,16 @@
 import CKVM
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
 
 /// What a user needs first when the guest hits something the VMM cannot continue from: which
 /// exit, on which vCPU, where (RIP), and the instruction bytes there. Taken on the faulting
 /// vCPU's thread, at the moment of the exit; `CrashReport` adds every vCPU's registers.
-struct FaultReport {
-    let summary: String
-    let text: String
+public struct FaultReport {
+    public let summary: String
+    public let text: String
 
-    init(vcpu: VCPU, memory: GuestMemory, reason: UInt32, run: UnsafeMutablePointer<kvm_run>) {
+    public init(vcpu: VCPU, memory: GuestMemory, reason: UInt32, run: UnsafeMutablePointer<kvm_run>) {
         let regs = try? vcpu.regs()
         let rip = regs?.rip ?? 0
         var what: String
@@ -48,7 +48,7 @@ struct FaultReport {
         summary = "\(what) on vCPU \(vcpu.id) at RIP \(Diagnostics.hex(rip, width: 16))"
         var lines = ["swiftvmm: \(summary)"]
         if !insn.isEmpty {
-            lines.append("  instruction bytes at RIP: " + insn.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined(separator: " "))
+            lines.append("  instruction bytes at RIP: " + insn.map(hexByte).joined(separator: " "))
         }
         text = lines.joined(separator: "\n")
     }
@@ -76,7 +76,7 @@ struct FaultReport {
         ]
     }
 
-    static func exitReasonName(_ reason: UInt32) -> String {
+    public static func exitReasonName(_ reason: UInt32) -> String {
         switch reason {
         case SKVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN"
         case SKVM_EXIT_EXCEPTION: return "KVM_EXIT_EXCEPTION"

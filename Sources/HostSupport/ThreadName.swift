@@ -1,4 +1,4 @@
-internal import CSystem
+internal import CHost
 
 /// Name a thread for `ps -L` and debuggers (glibc keeps pthread_setname_np behind _GNU_SOURCE).
 func setThreadName(_ thread: UInt, _ name: String) {

@@ -1,4 +1,4 @@
-import Lifecycle
+import HostSupport
 
 /// What the loaders see in a kernel file, for `swiftvmm inspect`: format, boot protocol,
 /// version string, payload compression, entry points, load segments, and the intuited page

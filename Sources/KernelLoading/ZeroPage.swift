@@ -1,8 +1,8 @@
-import Memory
+import X86Platform
 
 /// Linux's `struct boot_params` (the "zero page", one 4 KiB page), written field by field at
 /// the byte offsets Documentation/arch/x86/zero-page.rst and boot.rst give.
-public struct ZeroPage {
+public struct ZeroPage: LittleEndianBytes {
     public static let size = 4096
 
     // Offsets into boot_params.
@@ -30,20 +30,6 @@ public struct ZeroPage {
     public var bytes: [UInt8]
 
     public init() { bytes = [UInt8](repeating: 0, count: Self.size) }
-
-    public mutating func set<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        withUnsafeBytes(of: value.littleEndian) { src in
-            for (i, b) in src.enumerated() { bytes[offset + i] = b }
-        }
-    }
-
-    public func get<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
-        var v: T = 0
-        withUnsafeMutableBytes(of: &v) { dst in
-            for i in 0..<MemoryLayout<T>.size { dst[i] = bytes[offset + i] }
-        }
-        return T(littleEndian: v)
-    }
 
     /// Point the kernel at its command line (anywhere in the first 4 GiB... or above, via ext).
     public mutating func setCommandLine(address: UInt64) {

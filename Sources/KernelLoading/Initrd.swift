@@ -1,4 +1,4 @@
-import Lifecycle
+import HostSupport
 import Memory
 
 /// Where the initial RAM disk goes: page-aligned at the top of low memory, below the highest

@@ -1,5 +1,5 @@
 import Glibc
-import Lifecycle
+import RunControl
 
 /// Why a kernel (or initrd) cannot be booted. Each case names the file and what is wrong
 /// with it, in one line, and maps to a documented exit code.

@@ -1,4 +1,5 @@
-import Lifecycle
+import HostSupport
+import X86Platform
 
 /// Finding a kernel's virtual base from its own code, for ELF images whose program headers
 /// give no usable physical addresses (0, or the kernel-space virtual addresses again).

@@ -9,8 +9,8 @@
 /// 0-15 (KVM's in-kernel routing: GSI n is IOAPIC pin n, the PIT on GSI 0), and the local
 /// interrupt lines every LAPIC has: LINT0 ExtINT (the 8259), LINT1 NMI.
 public struct MPTable {
-    public static let localAPICAddress: UInt32 = 0xFEE0_0000
-    public static let ioAPICAddress: UInt32 = 0xFEC0_0000
+    public static let localAPICAddress = UInt32(BootLayout.localAPIC)
+    public static let ioAPICAddress = UInt32(BootLayout.ioAPIC)
     public static let floatingPointerSize = 16
     public static let headerSize = 44
     public static let isaIRQs = 16

@@ -1,8 +1,13 @@
-import Boot
-import Devices
+// CrashReports: what swiftvmm says when a run ends badly. A vCPU exit the VMM cannot continue
+// from gets a FaultReport on the spot (which exit, where, the instruction bytes); at the end
+// CrashReport reads every stopped vCPU's registers and walks its stack, and DecodedOops
+// resolves an oops Linux printed on the console to source lines. Symbolizer (from the
+// kernel's symbol table or a System.map) and SourceLines (its DWARF, through libdw) turn
+// addresses into names and lines for both.
+
 import CKVM
+import HostSupport
 import KVM
-import Lifecycle
 import Memory
 
 /// The state of every vCPU when a run ended badly: registers (general, segment, control,
@@ -22,7 +27,7 @@ public struct CrashReport: Sendable {
 
     /// Read the state of stopped vCPUs (only those whose threads have returned: a vCPU still
     /// inside KVM_RUN holds its lock, and asking would hang).
-    static func capture(_ vcpus: [VCPU], memory: GuestMemory, symbols: Symbolizer?) -> CrashReport {
+    public static func capture(_ vcpus: [VCPU], memory: GuestMemory, symbols: Symbolizer?) -> CrashReport {
         CrashReport(vcpus: vcpus.map { vcpu in
             let regs = try? vcpu.regs()
             let sregs = try? vcpu.sregs()
@@ -111,6 +116,7 @@ public struct CrashReport: Sendable {
     }
 }
 
+/// An instruction byte as objdump shows it: two hex digits.
 func hexByte(_ b: UInt8) -> String {
     let s = String(b, radix: 16)
     return s.count == 1 ? "0" + s : s
@@ -127,9 +133,10 @@ public struct DecodedOops: Sendable {
     }
     public let frames: [Frame]
 
-    static func decode(_ oops: ConsoleMonitor.Oops, symbols: Symbolizer, lines: SourceLines?) -> DecodedOops {
+    /// `ripLine` and `callTrace` as the console monitor collected them.
+    public static func decode(ripLine: String?, callTrace: [String], symbols: Symbolizer, lines: SourceLines?) -> DecodedOops {
         var frames: [Frame] = []
-        if let rip = oops.ripLine {
+        if let rip = ripLine {
             // "RIP: 0010:func+0x77/0x106": the segment selector, then the frame.
             var body = Substring(rip.dropFirst("RIP: ".count))
             if let colon = body.firstIndex(of: ":"), body[..<colon].allSatisfy(\.isHexDigit) {
@@ -137,7 +144,7 @@ public struct DecodedOops: Sendable {
             }
             frames.append(resolve(String(body), isReturnAddress: false, symbols, lines))
         }
-        for f in oops.frames { frames.append(resolve(f, isReturnAddress: true, symbols, lines)) }
+        for f in callTrace { frames.append(resolve(f, isReturnAddress: true, symbols, lines)) }
         return DecodedOops(frames: frames)
     }
 

@@ -1,5 +1,6 @@
-import Lifecycle
+import HostSupport
 import Memory
+import X86Platform
 
 /// A Linux bzImage as the x86 boot protocol (Documentation/arch/x86/boot.rst) describes it:
 /// a real-mode setup part of `setup_sects + 1` sectors with the setup header at 0x1F1, then
@@ -178,5 +179,15 @@ public enum Compression {
         if starts([0x02, 0x21, 0x4C, 0x18]) { return "lz4" }
         if starts([0x28, 0xB5, 0x2F, 0xFD]) { return "zstd" }
         return "unknown"
+    }
+}
+
+/// Little-endian reads from a file's bytes, bounds-checked: nil past the end.
+extension Array where Element == UInt8 {
+    func le<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T? {
+        guard offset >= 0, offset <= count - MemoryLayout<T>.size else { return nil }
+        var v: T = 0
+        for i in 0..<MemoryLayout<T>.size { v |= T(self[offset + i]) << (8 * i) }
+        return v
     }
 }

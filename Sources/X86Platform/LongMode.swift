@@ -1,5 +1,4 @@
 import CKVM
-import KVM
 import Memory
 
 /// The CPU state for entering a 64-bit kernel directly in long mode, as Linux's 64-bit boot

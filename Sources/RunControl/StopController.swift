@@ -1,5 +1,12 @@
-internal import CSystem
+// RunControl: how a run is steered and how it ends. Whatever ends it (a vCPU's fatal exit,
+// a device such as debug-exit or the console's panic watch, a signal, the timeout) reports an
+// `Outcome` to the `StopController`; the first report wins, and its `exitCode` is the
+// documented exit status (`ExitStatus`). `Timeline` records when things happened, for the
+// report; `TraceOptions` are the `--trace` switches the hot paths test.
+
+internal import CHost
 import Glibc
+import HostSupport
 import Synchronization
 
 /// Where anything that ends the run (a vCPU, a device, a signal, the console) reports it,

@@ -1,3 +1,9 @@
+// HostSupport: what the swiftvmm process needs from its host, none of it about the guest:
+// named threads for vCPUs and device workers (HostThread), the monotonic clock, whole lines
+// on stderr (Diagnostics), and the JSON and version swiftvmm reports itself with. JSON and
+// the version sit this low because `inspect`, crash reports and the version hypercall use
+// them as well as the run report and `--version`.
+
 import Glibc
 
 /// A dedicated host thread (vCPUs, console input, device workers).

@@ -1,3 +1,5 @@
+import HostSupport
+
 /// One entry of the BIOS e820 memory map, the form every x86 kernel understands.
 public struct E820Entry: Equatable, Sendable, CustomStringConvertible {
     public enum Kind: UInt32, Sendable {
@@ -18,11 +20,7 @@ public struct E820Entry: Equatable, Sendable, CustomStringConvertible {
 
     /// As Linux prints it: `[mem 0x0000000000000000-0x0000000000001fff] usable`.
     public var description: String {
-        func h(_ v: UInt64) -> String {
-            let s = String(v, radix: 16)
-            return "0x" + String(repeating: "0", count: 16 - s.count) + s
-        }
-        return "[mem \(h(address))-\(h(end - 1))] \(type == .ram ? "usable" : "reserved")"
+        "[mem \(Diagnostics.hex(address, width: 16))-\(Diagnostics.hex(end - 1, width: 16))] \(type == .ram ? "usable" : "reserved")"
     }
 }
 

@@ -1,3 +1,6 @@
+import HostSupport
+import KernelLoading
+
 /// Turns guest code addresses into `symbol+0xoffset/0xsize`, from a kernel ELF's symbol table
 /// or a `System.map`, and back (name to address), for crash reports and oops decoding.
 public struct Symbolizer: Sendable {
@@ -65,7 +68,7 @@ public struct Symbolizer: Sendable {
 
     /// `name+0x1c/0x60` in Linux's notation, or the bare address when no symbol covers it.
     public func describe(_ address: UInt64) -> String {
-        guard let (s, off) = lookup(address) else { return "0x" + String(address, radix: 16) }
+        guard let (s, off) = lookup(address) else { return Diagnostics.hex(address) }
         return "\(s.name)+0x\(String(off, radix: 16))/0x\(String(s.size, radix: 16))"
     }
 }

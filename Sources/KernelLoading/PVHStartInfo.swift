@@ -1,3 +1,5 @@
+import X86Platform
+
 /// Xen's `struct hvm_start_info` (version 1), which a PVH kernel finds in %ebx: the command
 /// line, the memory map and the modules (the initrd) as guest-physical pointers. Written as
 /// one block: the info, then the module list, then the memory map.
@@ -41,30 +43,5 @@ public struct PVHStartInfo {
             b.set(e.type.rawValue, at: at + 16)
         }
         return PVHStartInfo(bytes: b.bytes)
-    }
-}
-
-/// A little-endian byte buffer for building wire structures.
-struct Bytes {
-    var bytes: [UInt8]
-    init(count: Int) { bytes = [UInt8](repeating: 0, count: count) }
-    mutating func set<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        withUnsafeBytes(of: value.littleEndian) { src in
-            for (i, b) in src.enumerated() { bytes[offset + i] = b }
-        }
-    }
-    /// An ASCII signature or ID field (the tables' "PCMP", "RSD PTR ", OEM IDs).
-    mutating func put(_ ascii: String, at offset: Int) {
-        for (i, c) in ascii.utf8.enumerated() { bytes[offset + i] = c }
-    }
-}
-
-/// Little-endian reads from a byte array, bounds-checked: nil past the end.
-extension Array where Element == UInt8 {
-    func le<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T? {
-        guard offset >= 0, offset <= count - MemoryLayout<T>.size else { return nil }
-        var v: T = 0
-        for i in 0..<MemoryLayout<T>.size { v |= T(self[offset + i]) << (8 * i) }
-        return v
     }
 }

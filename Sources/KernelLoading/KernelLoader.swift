@@ -1,5 +1,15 @@
-import Lifecycle
+// KernelLoading: a kernel image into guest RAM, with everything it reads at its entry. One
+// file per format and boot-protocol structure: ELFImage (a vmlinux, the bundled guest, and
+// old 32-bit kernels through lguest's page-offset heuristic in PageOffset), BzImage (Linux's
+// x86 boot protocol), Initrd, ZeroPage (boot_params) and PVHStartInfo. KernelLoader picks the
+// format and the entry and checks everything before it writes anything; the addresses come
+// from X86Platform's layout. What was loaded comes back as a LoadedKernel, whose EntryMode
+// the machine turns into the boot CPU's state. KernelInspection is `swiftvmm inspect`: the
+// same parsers, nothing booted.
+
+import HostSupport
 import Memory
+import X86Platform
 
 /// How the boot CPU enters the kernel.
 public enum EntryMode: Sendable, Equatable {
@@ -87,12 +97,6 @@ public struct LoadedKernel: Sendable {
 public enum KernelLoader {
     /// Linux's COMMAND_LINE_SIZE on x86 for ELF kernels, which carry no setup header to say.
     public static let defaultCommandLineLimit = 2048
-
-    /// The foundation's entry point, kept for callers that have no initrd or entry choice.
-    public static func load(path: String, into memory: GuestMemory, commandLine: String,
-                            reserved: [Range<UInt64>]) throws(BootError) -> LoadedKernel {
-        try load(path: path, into: memory, options: BootOptions(commandLine: commandLine, reserved: reserved))
-    }
 
     public static func load(path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
         let bytes = try readFile(path)

@@ -1,13 +1,5 @@
-import Glibc
+import HostSupport
 import Synchronization
-
-/// Monotonic nanoseconds.
-@inline(__always)
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 /// When things happened during a run, relative to swiftvmm's start, for reports.
 /// Each event is recorded once (the first time); recording is cheap and thread-safe.
