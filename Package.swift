@@ -48,7 +48,7 @@ let package = Package(
         .systemLibrary(name: "CKVM", path: "Sources/CKVM"),
         .systemLibrary(name: "CLibElf", path: "Sources/CLibElf", providers: [.apt(["libelf-dev", "libdw-dev"])]),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Memory"),
+        .target(name: "Memory", dependencies: ["CHost"]),
         .systemLibrary(name: "CHost", path: "Sources/CHost"),
         .systemLibrary(name: "CAtomics", path: "Sources/CAtomics"),
         .systemLibrary(name: "CTeardown", path: "Sources/CTeardown"),

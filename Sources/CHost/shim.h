@@ -19,6 +19,15 @@ static inline int sys_set_thread_name(unsigned long thread, const char *name) {
 }
 static inline long sys_getrandom(void *buf, unsigned long len) { return getrandom(buf, len, 0); }
 
+// ---- guest RAM -----------------------------------------------------------------------------
+// memfd_create is declared only under _GNU_SOURCE; the raw system call needs nothing.
+#include <sys/syscall.h>
+#include <linux/memfd.h>
+#include <unistd.h>
+static inline int sys_memfd_create(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
+}
+
 // ---- tap devices ---------------------------------------------------------------------------
 #include <fcntl.h>
 #include <string.h>

@@ -1,3 +1,4 @@
+internal import CHost
 import Glibc
 
 /// A stretch of guest-physical address space backed by RAM.
@@ -6,6 +7,8 @@ public struct GuestRegion: @unchecked Sendable {
     public let size: UInt64
     /// Where it lives in the VMM's address space.
     public let host: UnsafeMutableRawPointer
+    /// Where it lives in the memory file (`GuestMemory.fd`), for a process that maps it too.
+    public let fileOffset: UInt64
 
     public var guestEnd: UInt64 { guestAddress + size }
 }
@@ -13,6 +16,7 @@ public struct GuestRegion: @unchecked Sendable {
 public enum GuestMemoryError: Error, CustomStringConvertible, Sendable {
     case exceedsHost(requested: UInt64, host: UInt64)
     case mapFailed(bytes: UInt64, errno: Int32)
+    case memoryFile(bytes: UInt64, errno: Int32)
     case outOfBounds(address: UInt64, length: UInt64)
 
     public var description: String {
@@ -21,13 +25,17 @@ public enum GuestMemoryError: Error, CustomStringConvertible, Sendable {
             return "guest memory of \(MemorySize.format(r)) is more than this host has (\(MemorySize.format(h)))"
         case .mapFailed(let b, let e):
             return "cannot map \(MemorySize.format(b)) of guest memory: \(String(cString: strerror(e)))"
+        case .memoryFile(let b, let e):
+            return "cannot make a \(MemorySize.format(b)) memory file for guest RAM: \(String(cString: strerror(e)))"
         case .outOfBounds(let a, let l):
             return "guest-physical range 0x\(String(a, radix: 16))+\(l) is not inside guest RAM"
         }
     }
 }
 
-/// Guest RAM: one anonymous host mapping, seen by the guest as one or two regions.
+/// Guest RAM: one shared mapping of a memory file (memfd), seen by the guest as one or two
+/// regions. A file rather than anonymous memory so that another process (a vhost-user device
+/// backend) can map the very same pages: `fd` and each region's `fileOffset` are what it needs.
 ///
 /// The PC keeps the top of the 32-bit address space for devices (PCI BARs, the IOAPIC and
 /// LAPIC at 0xFEC00000/0xFEE00000), so RAM beyond `lowMemoryLimit` is placed above 4 GiB,
@@ -36,7 +44,8 @@ public enum GuestMemoryError: Error, CustomStringConvertible, Sendable {
 /// Every access by the VMM on behalf of the guest goes through `pointer(_:count:)` or
 /// `writablePointer(_:count:)`, which check the whole range against the regions (and, for
 /// writes, against the ranges the guest must not change, like the hypercall page). A guest
-/// cannot make the VMM touch host memory outside its RAM.
+/// cannot make the VMM touch host memory outside its RAM. Unchecked Sendable: it is a pointer
+/// wrapper, and the mapping lives as long as the object.
 public final class GuestMemory: @unchecked Sendable {
     public static let lowMemoryLimit: UInt64 = 0xC000_0000
     public static let highMemoryStart: UInt64 = 0x1_0000_0000
@@ -47,30 +56,46 @@ public final class GuestMemory: @unchecked Sendable {
     public let readOnlyRanges: [Range<UInt64>]
     private let mapping: UnsafeMutableRawPointer
     private let mappingSize: Int
+    /// The memory file behind the mapping (close-on-exec; pass it on explicitly).
+    public let fd: Int32
 
     public init(size: UInt64, readOnlyRanges: [Range<UInt64>] = []) throws(GuestMemoryError) {
         let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
         let hostBytes = UInt64(sysconf(Int32(_SC_PHYS_PAGES))) * pageSize
         guard size <= hostBytes else { throw .exceedsHost(requested: size, host: hostBytes) }
-        // No MAP_NORESERVE: a guest that cannot be backed should fail here, not get
-        // SIGBUS-killed halfway through its boot. Pages are only touched when used.
-        guard let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              p != MAP_FAILED else {
-            throw .mapFailed(bytes: size, errno: errno)
+        // Pages are only allocated when first touched, as with anonymous memory. Nothing is
+        // reserved up front: a host that runs out of memory later fails the guest then (the
+        // OOM killer), which only a full pre-fault could rule out, at the cost of the memory
+        // a small guest never uses. The size check above stops the obvious mistakes.
+        let fd = sys_memfd_create("swiftvmm-guest-ram")
+        guard fd >= 0 else { throw .memoryFile(bytes: size, errno: errno) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let e = errno
+            close(fd)
+            throw .memoryFile(bytes: size, errno: e)
         }
+        guard let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            let e = errno
+            close(fd)
+            throw .mapFailed(bytes: size, errno: e)
+        }
+        self.fd = fd
         self.size = size
         self.mapping = p
         self.mappingSize = Int(size)
         self.readOnlyRanges = readOnlyRanges
         let low = min(size, Self.lowMemoryLimit)
-        var regions = [GuestRegion(guestAddress: 0, size: low, host: p)]
+        var regions = [GuestRegion(guestAddress: 0, size: low, host: p, fileOffset: 0)]
         if size > low {
-            regions.append(GuestRegion(guestAddress: Self.highMemoryStart, size: size - low, host: p + Int(low)))
+            regions.append(GuestRegion(guestAddress: Self.highMemoryStart, size: size - low, host: p + Int(low), fileOffset: low))
         }
         self.regions = regions
     }
 
-    deinit { munmap(mapping, mappingSize) }
+    deinit {
+        munmap(mapping, mappingSize)
+        close(fd)
+    }
 
     /// The end of RAM below 4 GiB.
     public var lowMemoryEnd: UInt64 { regions[0].guestEnd }

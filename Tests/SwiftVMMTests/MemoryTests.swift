@@ -1,3 +1,4 @@
+import Glibc
 import Memory
 import Testing
 
@@ -98,5 +99,27 @@ struct GuestMemoryTests {
     @Test("more memory than the host has is refused")
     func tooLarge() {
         #expect(throws: GuestMemoryError.self) { try GuestMemory(size: 1 << 50) }
+    }
+}
+
+@Suite("Guest RAM in a memory file")
+struct GuestMemoryFileTests {
+    @Test("another mapping of the memory file sees the guest's bytes, both regions at their file offsets")
+    func sharedMapping() throws {
+        // 3 GiB + 8 MiB: a low region up to the PCI hole and 8 MiB above 4 GiB. Nothing is
+        // touched but the two pages written, so this costs no real memory.
+        let size = GuestMemory.lowMemoryLimit + (8 << 20)
+        let memory = try GuestMemory(size: size)
+        #expect(memory.regions.count == 2 && memory.regions[1].fileOffset == GuestMemory.lowMemoryLimit)
+        try memory.store(UInt64(0x1122_3344_5566_7788), at: 0x10_0000)
+        try memory.store(UInt64(0x99AA_BBCC_DDEE_FF00), at: GuestMemory.highMemoryStart + 0x1000)
+        let other = mmap(nil, Int(size), PROT_READ, MAP_SHARED, memory.fd, 0)
+        try #require(other != MAP_FAILED)
+        defer { munmap(other, Int(size)) }
+        #expect(other!.load(fromByteOffset: 0x10_0000, as: UInt64.self) == 0x1122_3344_5566_7788)
+        #expect(other!.load(fromByteOffset: Int(memory.regions[1].fileOffset) + 0x1000, as: UInt64.self) == 0x99AA_BBCC_DDEE_FF00)
+        // Close-on-exec: a child started by swiftvmm (virtiofsd, a teardown helper) gets it
+        // only when passed on explicitly.
+        #expect(fcntl(memory.fd, F_GETFD) & FD_CLOEXEC != 0)
     }
 }
