@@ -3,6 +3,7 @@ import Glibc
 
 /// Source file and line for a code address, from a kernel's DWARF line tables (libdw):
 /// what `addr2line -e vmlinux` and `gdb`'s `list *(func+0x77)` do by hand.
+/// Unchecked Sendable: a libdw handle, used from one thread at the end of a run.
 public final class SourceLines: @unchecked Sendable {
     private let fd: Int32
     private let dwarf: OpaquePointer

@@ -13,7 +13,7 @@ import Synchronization
 /// would wait for a UART that cannot send). The monitor still sees every byte at once, in
 /// order, on the writer's side of the lock. `finish` drains the backlog at the end of a run.
 /// Without `start` (unit tests), writes go straight to the fds.
-public final class Console: @unchecked Sendable {
+public final class Console: Sendable {
     public static let backlogCapacity = 1 << 20
     /// How long the output thread lets bytes gather after a wake-up before writing them out.
     static let gatherMicroseconds: UInt32 = 1000
@@ -24,16 +24,20 @@ public final class Console: @unchecked Sendable {
     private let monitor: ConsoleMonitor?
     private let timeline: Timeline?
 
-    // The backlog and its flags, guarded by `lock`.
-    private let lock = Mutex<Void>(())
-    private let ring = ByteRing(capacity: Console.backlogCapacity)
-    private var closing = false
-    private var threaded = false
+    /// The backlog and what the output thread must know about the run.
+    struct Backlog {
+        var ring = ByteFIFO(capacity: Console.backlogCapacity)
+        /// The output thread is running (else writes go straight out).
+        var threaded = false
+        /// The run is ending: drain and stop.
+        var closing = false
+        var writer: HostThread?
+    }
+    private let backlog = Mutex(Backlog())
     /// Bytes are waiting (vCPUs to the output thread) / room was made (the other way).
     private let dataReady = EventFD()
     private let roomReady = EventFD()
     private let writerDone = Atomic<Bool>(false)
-    private var writer: HostThread?
 
     public init(fd: Int32 = 1, quiet: Bool = false, logFD: Int32? = nil, monitor: ConsoleMonitor? = nil,
                 timeline: Timeline? = nil) {
@@ -46,20 +50,26 @@ public final class Console: @unchecked Sendable {
 
     /// Start the output thread. Call before any vCPU runs.
     public func start() {
-        lock.withLock { _ in threaded = true }
-        writer = HostThread.start(name: "console-out") { [self] in self.drainLoop() }
+        let writer = HostThread.start(name: "console-out") { [self] in self.drainLoop() }
+        backlog.withLock { b in
+            b.threaded = true
+            b.writer = writer
+        }
     }
 
     /// Write out everything still in the backlog and stop the output thread, waiting at most
     /// `seconds` (an output nobody reads must not keep swiftvmm from exiting).
     public func finish(waitingUpTo seconds: Double = 2) {
+        let writer: HostThread? = backlog.withLock { b in
+            b.closing = true
+            defer { b.writer = nil }
+            return b.writer
+        }
         guard let writer else { return }
-        lock.withLock { _ in closing = true }
         dataReady.signal()
         let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
         while !writerDone.load(ordering: .acquiring) && monotonicNanoseconds() < deadline { usleep(50) }
         if writerDone.load(ordering: .acquiring) { writer.join() }
-        self.writer = nil
     }
 
     @inline(__always)
@@ -74,17 +84,17 @@ public final class Console: @unchecked Sendable {
         var offset = 0
         var first = true
         while offset < bytes.count {
-            let (taken, threaded, wake) = lock.withLock { _ -> (Int, Bool, Bool) in
-                if first, let monitor { for byte in bytes { monitor.feed(byte) } }
-                guard self.threaded else {
+            let (taken, threaded, wake) = backlog.withLock { b -> (Int, Bool, Bool) in
+                if first, let monitor { monitor.feed(bytes) }
+                guard b.threaded else {
                     if !quiet { Self.writeAll(fd, base, bytes.count) }
                     if let logFD { Self.writeAll(logFD, base, bytes.count) }
                     return (bytes.count, false, false)
                 }
                 // The output thread drains everything it finds, so it needs waking only when
                 // the backlog goes from empty to not: one syscall per burst, not per byte.
-                let wasEmpty = ring.count == 0
-                return (ring.append(base + offset, bytes.count - offset), true, wasEmpty)
+                let wasEmpty = b.ring.isEmpty
+                return (b.ring.append(base + offset, bytes.count - offset), true, wasEmpty)
             }
             first = false
             offset += taken
@@ -112,9 +122,9 @@ public final class Console: @unchecked Sendable {
             // nearly every byte (the backlog empties as fast as we write it). Letting bytes
             // gather for a moment turns that into one write per burst, well below what a
             // person at a terminal can notice. Not when the run is ending: `finish` waits.
-            if !lock.withLock({ _ in closing }) { usleep(Self.gatherMicroseconds) }
+            if !backlog.withLock({ $0.closing }) { usleep(Self.gatherMicroseconds) }
             while true {
-                let (n, closing) = lock.withLock { _ in (ring.take(into: chunk, max: chunkSize), self.closing) }
+                let (n, closing) = backlog.withLock { b in (b.ring.take(into: chunk, max: chunkSize), b.closing) }
                 if n == 0 {
                     if closing { return }
                     break
@@ -144,55 +154,12 @@ public final class Console: @unchecked Sendable {
     }
 }
 
-/// A byte FIFO of fixed capacity, allocated once.
-final class ByteRing: @unchecked Sendable {
-    private let storage: UnsafeMutableRawPointer
-    private let capacity: Int
-    private var head = 0
-    private(set) var count = 0
-
-    init(capacity: Int) {
-        self.capacity = capacity
-        storage = .allocate(byteCount: capacity, alignment: 16)
-    }
-
-    deinit { storage.deallocate() }
-
-    /// Append as much of `p[0..<n]` as fits; returns how much.
-    func append(_ p: UnsafeRawPointer, _ n: Int) -> Int {
-        let m = min(n, capacity - count)
-        var done = 0
-        while done < m {
-            let tail = (head + count) % capacity
-            let run = min(m - done, capacity - tail)
-            (storage + tail).copyMemory(from: p + done, byteCount: run)
-            count += run
-            done += run
-        }
-        return m
-    }
-
-    /// Move up to `max` bytes out into `dst`; returns how many.
-    func take(into dst: UnsafeMutableRawPointer, max: Int) -> Int {
-        let m = min(max, count)
-        var done = 0
-        while done < m {
-            let run = min(m - done, capacity - head)
-            (dst + done).copyMemory(from: storage + head, byteCount: run)
-            head = (head + run) % capacity
-            count -= run
-            done += run
-        }
-        return m
-    }
-}
-
 /// Feeds standard input to the serial port, from its own thread.
 ///
 /// When stdin is a terminal it is put in raw mode (keys go to the guest as typed, Ctrl-C
 /// included) and restored on every way out. As in lguest, three Ctrl-C within one second end
 /// the VM: the way out of a guest that ignores its console.
-public final class ConsoleInput: @unchecked Sendable {
+public final class ConsoleInput: Sendable {
     private let serial: Serial16550
     private let stop: StopController
     private let fd: Int32

@@ -1,13 +1,16 @@
 import RunControl
+import Synchronization
 
 /// Watches the guest's console line by line and ends the run when a line decides it:
 /// a kernel panic (once the stack trace after it is out), a `--fail-on` pattern, or the last
 /// of the `--expect` patterns (which must match in the order given). It also keeps the last Linux-style oops it saw (the `RIP:` line
 /// and the `Call Trace:` frames) so the frames can be resolved to source lines afterwards.
 ///
-/// `feed` is called with the console's lock held, one byte at a time, from whichever thread
-/// produced the byte; a line is examined once, when its newline arrives.
-public final class ConsoleMonitor: @unchecked Sendable {
+/// `feed` is called from whichever thread produced the bytes; a line is examined once, when
+/// its newline arrives, inside the monitor's lock.
+public final class ConsoleMonitor: Sendable {
+    /// Unchecked Sendable: Swift's Regex is not, but a pattern is only matched inside the
+    /// monitor's lock, one line at a time.
     public struct Pattern: @unchecked Sendable {
         public let text: String
         let regex: Regex<AnyRegexOutput>
@@ -44,13 +47,16 @@ public final class ConsoleMonitor: @unchecked Sendable {
     let stop: StopController
     let timeline: Timeline?
 
-    private var line: [UInt8] = []
-    private var nextExpect = 0
-    private var collectingTrace = false
-    private var currentOops = Oops()
-    private var lastOops: Oops?
-    /// A panic line was seen: the outcome is decided, the run stops at the panic's end line.
-    private var panicking = false
+    struct State {
+        var line: [UInt8] = []
+        var nextExpect = 0
+        var collectingTrace = false
+        var currentOops = Oops()
+        var lastOops: Oops?
+        /// A panic line was seen: the outcome is decided, the run stops at the panic's end line.
+        var panicking = false
+    }
+    private let state: Mutex<State>
 
     public init(expect: [String], failOn: [String], detectPanic: Bool, stop: StopController,
                 timeline: Timeline?) throws(PatternError) {
@@ -67,44 +73,52 @@ public final class ConsoleMonitor: @unchecked Sendable {
         self.detectPanic = detectPanic
         self.stop = stop
         self.timeline = timeline
-        line.reserveCapacity(Self.maxLine)
+        var s = State()
+        s.line.reserveCapacity(Self.maxLine)
+        state = Mutex(s)
     }
 
-    @inline(__always)
-    func feed(_ byte: UInt8) {
-        if byte == UInt8(ascii: "\n") {
-            examine()
-            line.removeAll(keepingCapacity: true)
-        } else if line.count < Self.maxLine {
-            line.append(byte)
+    func feed(_ bytes: UnsafeRawBufferPointer) {
+        state.withLock { s in
+            for byte in bytes {
+                if byte == UInt8(ascii: "\n") {
+                    examine(&s)
+                    s.line.removeAll(keepingCapacity: true)
+                } else if s.line.count < Self.maxLine {
+                    s.line.append(byte)
+                }
+            }
         }
     }
 
     /// How many `--expect` patterns have matched so far, and the next one (if any).
     public var expectProgress: (matched: Int, next: String?) {
-        (nextExpect, nextExpect < expects.count ? expects[nextExpect].text : nil)
+        let next = state.withLock { $0.nextExpect }
+        return (next, next < expects.count ? expects[next].text : nil)
     }
 
     public var hasExpectations: Bool { !expects.isEmpty }
 
     /// The last complete oops (or the one being printed when the run ended).
     public var oops: Oops? {
-        if currentOops.ripLine != nil || !currentOops.frames.isEmpty { return currentOops }
-        return lastOops
+        state.withLock { s in
+            if s.currentOops.ripLine != nil || !s.currentOops.frames.isEmpty { return s.currentOops }
+            return s.lastOops
+        }
     }
 
-    private func examine() {
-        if line.last == UInt8(ascii: "\r") { line.removeLast() }
-        let text = String(decoding: line, as: UTF8.self)
-        trackOops(text)
+    private func examine(_ s: inout State) {
+        if s.line.last == UInt8(ascii: "\r") { s.line.removeLast() }
+        let text = String(decoding: s.line, as: UTF8.self)
+        trackOops(&s, text)
         // After a panic line nothing else decides the run: keep the stack trace Linux prints
         // next, and stop at the panic's last line (or after panicGrace).
-        if panicking {
+        if s.panicking {
             if text.contains(Self.panicEndMarker) { stop.stop(.kernelPanic(line: text)) }
             return
         }
         if detectPanic && text.contains(Self.panicMarker) {
-            panicking = true
+            s.panicking = true
             stop.decide(.kernelPanic(line: text), stoppingWithin: Self.panicGrace)
             return
         }
@@ -116,11 +130,11 @@ public final class ConsoleMonitor: @unchecked Sendable {
             stop.stop(.failOn(pattern: p.text, line: text))
             return
         }
-        if nextExpect < expects.count && text.contains(expects[nextExpect].regex) {
-            timeline?.markExpectMatch(expects[nextExpect].text)
-            nextExpect += 1
-            if nextExpect == expects.count {
-                stop.stop(.expectationsMet(lastPattern: expects[nextExpect - 1].text, line: text))
+        if s.nextExpect < expects.count && text.contains(expects[s.nextExpect].regex) {
+            timeline?.markExpectMatch(expects[s.nextExpect].text)
+            s.nextExpect += 1
+            if s.nextExpect == expects.count {
+                stop.stop(.expectationsMet(lastPattern: expects[s.nextExpect - 1].text, line: text))
             }
         }
     }
@@ -128,7 +142,7 @@ public final class ConsoleMonitor: @unchecked Sendable {
     /// Linux prints `RIP: 0010:kernel_init+0x77/0x106`, then `Call Trace:` and one frame per
     /// line (`  do_one_initcall+0x41/0x1e0`, possibly `? ` prefixed, between `<TASK>` lines),
     /// each line perhaps behind a `[    1.234567] ` timestamp.
-    private func trackOops(_ raw: String) {
+    private func trackOops(_ s: inout State, _ raw: String) {
         var text = Substring(raw)
         if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
             text = text[text.index(after: close)...]
@@ -137,23 +151,23 @@ public final class ConsoleMonitor: @unchecked Sendable {
         if trimmed.hasPrefix("RIP: ") {
             // Inside a call trace, a RIP line is the register dump of where the trace ends (a
             // system call from user space: "RIP: 0033:0x47b7a0"), not a new oops.
-            if collectingTrace { collectingTrace = false; return }
-            if currentOops.ripLine != nil || !currentOops.frames.isEmpty { lastOops = currentOops }
-            currentOops = Oops(ripLine: String(trimmed), frames: [])
-            collectingTrace = false
+            if s.collectingTrace { s.collectingTrace = false; return }
+            if s.currentOops.ripLine != nil || !s.currentOops.frames.isEmpty { s.lastOops = s.currentOops }
+            s.currentOops = Oops(ripLine: String(trimmed), frames: [])
+            s.collectingTrace = false
             return
         }
         if trimmed.hasPrefix("Call Trace:") {
-            collectingTrace = true
+            s.collectingTrace = true
             return
         }
-        guard collectingTrace else { return }
+        guard s.collectingTrace else { return }
         if trimmed == "<TASK>" || trimmed == "<IRQ>" || trimmed == "</IRQ>" { return }
         if trimmed == "</TASK>" || trimmed.hasPrefix("---[ end trace") || !Self.looksLikeFrame(trimmed) {
-            collectingTrace = false
+            s.collectingTrace = false
             return
         }
-        currentOops.frames.append(String(trimmed))
+        s.currentOops.frames.append(String(trimmed))
     }
 
     /// `symbol+0xoff/0xsize`, optionally behind `? ` and followed by ` [module]`.

@@ -48,7 +48,7 @@ public final class Serial16550: BusDevice {
         /// Modem status delta bits (MSR 3:0), cleared by reading MSR.
         var msrDelta: UInt8 = 0
         var irqLevel = false
-        var rx = RingBuffer(capacity: Serial16550.receiveCapacity)
+        var rx = ByteFIFO(capacity: Serial16550.receiveCapacity)
         var rxLimit: Int { fifoEnabled ? Serial16550.receiveCapacity : 1 }
         var rxSpace: Int { max(0, rxLimit - rx.count) }
     }
@@ -228,33 +228,4 @@ public final class Serial16550: BusDevice {
     public var registers: (ier: UInt8, iir: UInt8, lcr: UInt8, mcr: UInt8, lsr: UInt8, irq: Bool) {
         state.withLock { s in (s.ier, Self.interruptIdentification(s), s.lcr, s.mcr, Self.lineStatus(s), s.irqLevel) }
     }
-}
-
-/// A fixed-capacity byte FIFO without allocation after creation.
-struct RingBuffer {
-    private var storage: [UInt8]
-    private var head = 0
-    private(set) var count = 0
-
-    init(capacity: Int) { storage = [UInt8](repeating: 0, count: capacity) }
-
-    var isEmpty: Bool { count == 0 }
-    var space: Int { storage.count - count }
-
-    mutating func push(_ b: UInt8) -> Bool {
-        guard count < storage.count else { return false }
-        storage[(head + count) % storage.count] = b
-        count += 1
-        return true
-    }
-
-    mutating func pop() -> UInt8? {
-        guard count > 0 else { return nil }
-        let b = storage[head]
-        head = (head + 1) % storage.count
-        count -= 1
-        return b
-    }
-
-    mutating func removeAll() { head = 0; count = 0 }
 }

@@ -14,7 +14,7 @@ import Glibc
 public struct HostThread: Sendable {
     public let handle: pthread_t
 
-    private final class Box: @unchecked Sendable {
+    private final class Box: Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }

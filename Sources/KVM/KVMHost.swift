@@ -2,6 +2,7 @@ import CKVM
 import Glibc
 
 /// The /dev/kvm system file descriptor: API version, capabilities, and the factory for VMs.
+/// Unchecked Sendable: an fd wrapper; the ioctls on it are thread-safe in the kernel.
 public final class KVMHost: @unchecked Sendable {
     public let fd: Int32
 

@@ -3,6 +3,8 @@ import Glibc
 
 /// One virtual CPU: its fd, its shared `kvm_run` page, and register access.
 /// The run loop itself lives in the Machine layer; this type only wraps the ioctls.
+/// Unchecked Sendable: an fd and the kvm_run mapping, used by its own vCPU thread (and read
+/// by reports only once that thread has left KVM_RUN).
 public final class VCPU: @unchecked Sendable {
     /// Held strongly: a vCPU must not outlive the VM it belongs to.
     public let vm: VirtualMachine

@@ -2,6 +2,7 @@ import CKVM
 import Glibc
 
 /// A KVM virtual machine: its memory slots, in-kernel interrupt controllers and vCPUs.
+/// Unchecked Sendable: an fd wrapper; the ioctls on it are thread-safe in the kernel.
 public final class VirtualMachine: @unchecked Sendable {
     public let host: KVMHost
     public let fd: Int32

@@ -1,7 +1,8 @@
 internal import CHost
 import Glibc
 
-/// A stretch of guest-physical address space backed by RAM.
+/// A stretch of guest-physical address space backed by RAM. Unchecked Sendable: a pointer
+/// into the mapping `GuestMemory` owns.
 public struct GuestRegion: @unchecked Sendable {
     public let guestAddress: UInt64
     public let size: UInt64
