@@ -1,3 +1,8 @@
+// Backends: where devices' data lives, apart from the device models that speak virtio. A
+// block device's sectors (an image file), a network device's frames (a host tap). Each is a
+// protocol, so a test puts in a backend that fails the way real ones fail, and a backend in
+// another process (vhost-user) can take the same place.
+
 import Glibc
 
 /// A failed block operation: the errno the host gave (EIO, ENOSPC, ...).

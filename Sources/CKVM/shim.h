@@ -34,7 +34,6 @@ static const unsigned long SKVM_IRQ_LINE = KVM_IRQ_LINE;
 static const unsigned long SKVM_IRQFD = KVM_IRQFD;
 static const unsigned long SKVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long SKVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
-static const unsigned long SKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
 static const unsigned long SKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 // vCPU fd
 static const unsigned long SKVM_RUN = KVM_RUN;

@@ -1,3 +1,10 @@
+// Devices: the machine's device models, one file per model, and the buses they sit on. The
+// vCPU loop reaches a device through an IOBus (port I/O or MMIO) with one vtable call; PCI/
+// holds the bus and config space, Virtio/ the virtio-pci transport and the virtio devices. A
+// device knows nothing of KVM: it raises interrupts through an InterruptSink and has guest
+// doorbells attached through a DoorbellRegistrar (Interrupts.swift), which the machine
+// implements over KVM and the tests over memory; its data lives in a Backend.
+
 import Glibc
 import HostSupport
 import Synchronization

@@ -110,16 +110,6 @@ extension VirtualMachine {
             throw .ioctl("KVM_SET_GSI_ROUTING (\(n) routes)", errno: errno)
         }
     }
-
-    /// Inject one MSI directly (no route, no eventfd). Returns false if the guest did not take it.
-    @discardableResult
-    public func signalMSI(addressLow: UInt32, addressHigh: UInt32, data: UInt32) -> Bool {
-        var m = kvm_msi()
-        m.address_lo = addressLow
-        m.address_hi = addressHigh
-        m.data = data
-        return skvm_ioctl_ptr(fd, SKVM_SIGNAL_MSI, &m) > 0
-    }
 }
 
 /// The in-kernel IOAPIC as KVM holds it, for reports on a guest that seems to wait forever.

@@ -3,6 +3,7 @@ import HostSupport
 import KVM
 import Memory
 import RunControl
+import Synchronization
 import X86Platform
 
 /// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
@@ -28,20 +29,20 @@ public struct VirtioConfig: Sendable {
 ///
 /// PCI slot order is the order of the options' kinds: block devices first (vda, vdb, … in
 /// command-line order), then the network device, then the entropy device.
-final class MachineDevices: @unchecked Sendable {
+final class MachineDevices: Sendable {
     /// INTx lines for PCI functions (used only while a guest has MSI-X off): ISA IRQs that
     /// no legacy device of this machine uses, shared round-robin.
     static let intxGSIs: [UInt32] = [10, 11, 5, 9]
 
     let pci = PCIBus(window: BootLayout.pciHole)
-    private(set) var transports: [VirtioPCI] = []
+    let transports: [VirtioPCI]
     /// Each device's slot and the GSI its INTA# raises, for the DSDT's _PRT.
-    private(set) var pciInterrupts: [ACPITables.PCIInterrupt] = []
-    private var threads: [HostThread] = []
+    let pciInterrupts: [ACPITables.PCIInterrupt]
+    private let threads = Mutex<[HostThread]>([])
 
     private let stopFD: Int32
 
-    init(config: VirtioConfig, vm: VirtualMachine, memory: GuestMemory, ports: IOBus, mmio: IOBus,
+    init(config: VirtioConfig, interrupts kvm: KVMInterrupts, memory: GuestMemory, ports: IOBus, mmio: IOBus,
          stop: StopController, trace: TraceOptions) throws(MachineError) {
         stopFD = stop.pollFD
         do {
@@ -66,9 +67,9 @@ final class MachineDevices: @unchecked Sendable {
             }
         }
         if config.rng { models.append(VirtioRNG(trace: trace)) }
-        guard !models.isEmpty else { return }
 
-        let kvm = KVMInterrupts(vm: vm)
+        var transports: [VirtioPCI] = []
+        var pciInterrupts: [ACPITables.PCIInterrupt] = []
         let intx = SharedLines(sink: kvm)
         for (i, model) in models.enumerated() {
             do {
@@ -82,16 +83,18 @@ final class MachineDevices: @unchecked Sendable {
                 throw .setup("\(model.name): \(error)")
             }
         }
+        self.transports = transports
+        self.pciInterrupts = pciInterrupts
     }
 
     /// Start one thread per device; they end when the run stops.
     func start() {
-        threads = transports.map { $0.start(stopFD: stopFD) }
+        let started = transports.map { $0.start(stopFD: stopFD) }
+        threads.withLock { $0 = started }
     }
 
     func join() {
-        for t in threads { t.join() }
-        threads = []
+        for t in threads.withLock({ t in defer { t = [] }; return t }) { t.join() }
     }
 
     var guestErrors: UInt64 {

@@ -18,6 +18,8 @@ import Synchronization
 ///
 /// Following one guest `out` through the code: guest `out` → KVM_EXIT_IO → the inline path
 /// in `run` (the port's slot in `IOBus.portSlots`) → the device's `write` → back into KVM_RUN.
+/// Unchecked Sendable: its counters are plain memory that only its own thread writes, read by
+/// reports once that thread has finished (a lock or atomics per exit would cost the hot path).
 final class VCPURunner: @unchecked Sendable {
     let vcpu: VCPU
     let ports: IOBus
