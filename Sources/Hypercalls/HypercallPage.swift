@@ -1,3 +1,6 @@
+// Hypercalls: the page at guest-physical 0x2000 a guest calls into (HypercallPage), the calls
+// and their numbers (Hypercall), and what swiftvmm does for each (HypercallHandler).
+
 import X86Platform
 
 /// The hypercall page: one guest page at guest-physical 0x2000, filled by swiftvmm with a

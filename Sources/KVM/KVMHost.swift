@@ -1,3 +1,7 @@
+// KVM: /dev/kvm, its VMs and vCPUs as typed wrappers around the ioctls (KVMHost, VirtualMachine,
+// VCPU), the interrupt routing and eventfd ioctls, and KVMError. No policy: what the machine does
+// with them is in Machine.
+
 import CKVM
 import Glibc
 

@@ -1,3 +1,7 @@
+// Memory: guest RAM. Sizes as users write them (MemorySize), and the mapping itself
+// (GuestMemory): a memory file mapped once, split into the regions the PC layout asks for,
+// and the bounds checks every access on the guest's behalf goes through.
+
 internal import CHost
 import Glibc
 

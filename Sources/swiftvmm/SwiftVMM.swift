@@ -1,3 +1,7 @@
+// swiftvmm: the command line (swift-argument-parser). It turns flags into a MachineConfig,
+// runs the machine, and ends with the exit code the run's outcome maps to; `inspect` reads a
+// kernel file without running it.
+
 import ArgumentParser
 import Devices
 import Glibc

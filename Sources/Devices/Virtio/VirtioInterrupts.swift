@@ -17,7 +17,7 @@ public final class VirtioInterrupts: Sendable {
     private let state: Mutex<State>
     private let sink: InterruptSink
     private let vectors: MessageVectors
-    private let intx: SharedLines?
+    private let intx: SharedLines
     public let intxLine: UInt32
     private let name: String
 
@@ -29,8 +29,8 @@ public final class VirtioInterrupts: Sendable {
 
     public static let isrQueue: UInt8 = 1, isrConfig: UInt8 = 2
 
-    /// `vectors` MSI-X vectors from `sink`; INTx on `intxLine` of `intx` (nil: no pin wired).
-    public init(name: String, vectors count: Int, sink: InterruptSink, intx: SharedLines?, intxLine: UInt32) throws(WiringError) {
+    /// `vectors` MSI-X vectors from `sink`; INTx on `intxLine` of `intx`.
+    public init(name: String, vectors count: Int, sink: InterruptSink, intx: SharedLines, intxLine: UInt32) throws(WiringError) {
         self.name = name
         self.sink = sink
         vectors = try sink.messageVectors(count: count)
@@ -137,7 +137,7 @@ public final class VirtioInterrupts: Sendable {
         guard s.intxHigh != high else { return }
         s.intxHigh = high
         if high { intxAssertions.wrappingAdd(1, ordering: .relaxed) }
-        intx?.change(intxLine, high: high)
+        intx.change(intxLine, high: high)
     }
 
     /// Pending vectors that became deliverable; their pending bits are cleared.

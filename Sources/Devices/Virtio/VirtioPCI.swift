@@ -41,7 +41,7 @@ public final class VirtioPCI: PCIDevice {
     let memory: GuestMemory
     /// One event per queue, signalled by a guest kick.
     let kicks: [EventFD]
-    private let doorbells: DoorbellRegistrar?
+    private let doorbells: DoorbellRegistrar
     /// Where the notify doorbells are attached now (BAR 0 base), if anywhere.
     private let attachedAt = Mutex<UInt64?>(nil)
     /// Config-space offsets of the MSI-X capability and the PCI-configuration-access capability.
@@ -49,9 +49,10 @@ public final class VirtioPCI: PCIDevice {
     let pciCfgCapability: Int
     public let offeredFeatures: UInt64
 
-    /// `doorbells` nil: kicks arrive only as MMIO writes (unit tests).
+    /// Interrupts go to `sink` (INTx to `intxLine` of `intx`), doorbells are attached through
+    /// `doorbells`: the machine passes its KVM implementations, unit tests in-memory ones.
     public init(device: any VirtioDeviceModel, memory: GuestMemory, interrupts sink: InterruptSink,
-                intx: SharedLines?, intxLine: UInt32, doorbells: DoorbellRegistrar?) throws(WiringError) {
+                intx: SharedLines, intxLine: UInt32, doorbells: DoorbellRegistrar) throws(WiringError) {
         self.device = device
         self.memory = memory
         self.doorbells = doorbells
@@ -145,7 +146,7 @@ public final class VirtioPCI: PCIDevice {
 
     /// BAR 0 moved: move the queues' doorbells with it.
     public override func barMoved(_ index: Int, to base: UInt64?) {
-        guard index == 0, let doorbells else { return }
+        guard index == 0 else { return }
         let failure: WiringError? = attachedAt.withLock { at in
             if let old = at {
                 for (q, kick) in kicks.enumerated() { doorbells.detach(kick, address: Self.notifyAddress(old, q), width: 2) }
