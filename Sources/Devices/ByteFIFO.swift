@@ -5,7 +5,9 @@ struct ByteFIFO {
     private var head = 0
     private(set) var count = 0
 
-    init(capacity: Int) { storage = [UInt8](repeating: 0, count: capacity) }
+    /// The storage is left unwritten: the console's 1 MiB backlog would otherwise be touched
+    /// (made resident, a page fault per 4 KiB) at every start, before a byte is written.
+    init(capacity: Int) { storage = [UInt8](unsafeUninitializedCapacity: capacity) { _, n in n = capacity } }
 
     var capacity: Int { storage.count }
     var isEmpty: Bool { count == 0 }
