@@ -56,7 +56,8 @@ public struct CrashReport: Sendable {
         var frames = [rip]
         var bp = rbp
         for _ in 0..<32 {
-            guard bp != 0, bp & 7 == 0,
+            // The guest's rbp is any number: near the top of the address space, bp + 8 wraps.
+            guard bp != 0, bp & 7 == 0, bp <= UInt64.max - 8,
                   let p = vcpu.translate(bp), let q = vcpu.translate(bp + 8),
                   let saved = memory.load(UInt64.self, at: p), let ret = memory.load(UInt64.self, at: q),
                   ret != 0 else { break }
@@ -132,9 +133,12 @@ public struct DecodedOops: Sendable {
         public let location: SourceLines.Location?
     }
     public let frames: [Frame]
+    /// Frames the console showed beyond those kept (the console monitor caps them).
+    public var framesDropped = 0
 
     /// `ripLine` and `callTrace` as the console monitor collected them.
-    public static func decode(ripLine: String?, callTrace: [String], symbols: Symbolizer, lines: SourceLines?) -> DecodedOops {
+    public static func decode(ripLine: String?, callTrace: [String], framesDropped: Int = 0,
+                              symbols: Symbolizer, lines: SourceLines?) -> DecodedOops {
         var frames: [Frame] = []
         if let rip = ripLine {
             // "RIP: 0010:func+0x77/0x106": the segment selector, then the frame.
@@ -145,7 +149,7 @@ public struct DecodedOops: Sendable {
             frames.append(resolve(String(body), isReturnAddress: false, symbols, lines))
         }
         for f in callTrace { frames.append(resolve(f, isReturnAddress: true, symbols, lines)) }
-        return DecodedOops(frames: frames)
+        return DecodedOops(frames: frames, framesDropped: framesDropped)
     }
 
     /// A call-trace entry is a return address: the call itself is the byte before it, which is
@@ -162,16 +166,21 @@ public struct DecodedOops: Sendable {
         guard let offset = UInt64(offText, radix: 16), let sym = symbols.address(of: name) else {
             return Frame(text: text, symbol: name, offset: nil, location: nil)
         }
-        let address = sym.address + offset - (isReturnAddress && offset > 0 ? 1 : 0)
+        // The offset is console text, any 64-bit number: an address that would wrap is not one.
+        let (sum, wrapped) = sym.address.addingReportingOverflow(offset)
+        guard !wrapped else { return Frame(text: text, symbol: name, offset: offset, location: nil) }
+        let address = sum - (isReturnAddress && offset > 0 ? 1 : 0)
         return Frame(text: text, symbol: name, offset: offset, location: lines?.location(of: address))
     }
 
     public var text: String {
         let width = frames.map(\.text.count).max() ?? 0
-        return frames.map { f in
+        var lines = frames.map { f in
             let pad = String(repeating: " ", count: max(0, width - f.text.count))
             return "  \(f.text)\(pad)  \(f.location?.description ?? "?")"
-        }.joined(separator: "\n")
+        }
+        if framesDropped > 0 { lines.append("  (\(framesDropped) more frame lines not kept)") }
+        return lines.joined(separator: "\n")
     }
 
     public var json: JSON {

@@ -27,7 +27,12 @@ public final class ConsoleMonitor: Sendable {
     public struct Oops: Sendable, Equatable {
         public var ripLine: String?
         public var frames: [String] = []
+        /// Frame lines seen past `maxFrames` (not kept).
+        public var framesDropped = 0
     }
+    /// Frames kept per oops: Linux prints a few dozen; a guest printing frame-like lines
+    /// forever must not grow swiftvmm's memory, nor the DWARF lookups done at the end.
+    public static let maxFrames = 64
 
     public static let panicMarker = "Kernel panic - not syncing"
     /// Linux's last line of a panic, after the stack trace: "---[ end Kernel panic - not syncing: ... ]---".
@@ -167,7 +172,11 @@ public final class ConsoleMonitor: Sendable {
             s.collectingTrace = false
             return
         }
-        s.currentOops.frames.append(String(trimmed))
+        if s.currentOops.frames.count < Self.maxFrames {
+            s.currentOops.frames.append(String(trimmed))
+        } else {
+            s.currentOops.framesDropped += 1
+        }
     }
 
     /// `symbol+0xoff/0xsize`, optionally behind `? ` and followed by ` [module]`.

@@ -39,6 +39,8 @@ public struct BzImage: Sendable {
     static let xlfKernel64: UInt16 = 0x01
     /// The 64-bit entry's offset from the load address.
     public static let entry64Offset: UInt64 = 0x200
+    /// No kernel is loaded at or above 2^52, the x86 guest-physical limit.
+    public static let highestLoadAddress: UInt64 = 1 << 52
 
     public static func isBzImage(_ bytes: [UInt8]) -> Bool {
         bytes.count >= 0x206 && bytes[0x202] == 0x48 && bytes[0x203] == 0x64 && bytes[0x204] == 0x72 && bytes[0x205] == 0x53
@@ -97,6 +99,12 @@ public struct BzImage: Sendable {
         let headerEnd = 0x202 + Int(bytes[0x201])
         setupHeader = bytes[0x1F1 ..< min(headerEnd, pmStart)]
         protectedMode = bytes[pmStart...]
+        // The header's numbers are the file's word, not a promise: a preferred address near the
+        // top of the address space would make the kernel's footprint (and its entry) wrap.
+        let extent = max(UInt64(protectedMode.count), UInt64(initSize), Self.entry64Offset)
+        if version >= 0x020A && preferredAddress > Self.highestLoadAddress - extent {
+            throw .notAKernel(path: path, reason: "its preferred load address \(Diagnostics.hex(preferredAddress)) leaves no room for its \(extent) bytes below \(Diagnostics.hex(Self.highestLoadAddress))")
+        }
         guard UInt64(payloadOffset) + UInt64(payloadLength) <= UInt64(protectedMode.count) else {
             throw .notAKernel(path: path, reason: "truncated: the payload (\(payloadLength) bytes at +\(payloadOffset)) extends past the end of the file")
         }

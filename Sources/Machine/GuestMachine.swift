@@ -155,7 +155,7 @@ public final class GuestMachine: Sendable {
         var oops: DecodedOops?
         if let seen = monitor.oops {
             let lines = (config.debugVmlinuxPath ?? (isELF(config.kernelPath) ? config.kernelPath : nil)).flatMap(SourceLines.init(path:))
-            oops = DecodedOops.decode(ripLine: seen.ripLine, callTrace: seen.frames, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
+            oops = DecodedOops.decode(ripLine: seen.ripLine, callTrace: seen.frames, framesDropped: seen.framesDropped, symbols: symbols ?? Symbolizer(symbols: []), lines: lines)
         }
         var interrupts: String?
         if outcome.name == "timeout" {

@@ -77,7 +77,7 @@ public enum RunReport {
                 fields.append(("vcpus", c.json))
                 return .object(fields)
             } ?? .null),
-            ("oops", result.oops.map { .object([("frames", $0.json)]) } ?? .null),
+            ("oops", result.oops.map { .object([("frames", $0.json), ("frames_dropped", .int(Int64($0.framesDropped)))]) } ?? .null),
         ])
     }
 }

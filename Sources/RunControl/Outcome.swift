@@ -90,6 +90,11 @@ public enum Outcome: Sendable, Equatable {
 /// Durations as users write them for `--timeout`: `90s`, `5m`, `1h`, `500ms`, `1.5m`, or a
 /// bare number of seconds.
 public enum DurationText {
+    /// The longest duration accepted: a year. Longer is a typo, and would not fit the clock's
+    /// nanoseconds anyway.
+    public static let maxSeconds: Double = 366 * 86400
+
+    /// Seconds, or nil unless `text` is a positive duration of at most `maxSeconds`.
     public static func parse(_ text: String) -> Double? {
         let s = text.lowercased()
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
@@ -101,7 +106,7 @@ public enum DurationText {
             break
         }
         guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
-              let value = Double(number), value > 0, value.isFinite else { return nil }
+              let value = Double(number), value > 0, value.isFinite, value * scale <= maxSeconds else { return nil }
         return value * scale
     }
 

@@ -85,7 +85,8 @@ public final class StopController: Sendable {
     /// Block until some outcome is reported and return it. With a timeout, report
     /// `.timeout` when it expires first (whatever the vCPUs are doing).
     public func wait(timeout: Double? = nil) -> Outcome {
-        let deadline = timeout.map { monotonicNanoseconds() + UInt64($0 * 1e9) }
+        // Clamped: a caller's absurd timeout must not trap converting to nanoseconds.
+        let deadline = timeout.map { monotonicNanoseconds() + UInt64(min(max($0, 0), DurationText.maxSeconds) * 1e9) }
         while true {
             if let o = outcome { return o }
             let now = monotonicNanoseconds()

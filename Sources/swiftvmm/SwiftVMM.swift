@@ -169,7 +169,7 @@ struct SwiftVMM: ParsableCommand {
             throw ValidationError("unknown --trace value '\(t)'; use exits, io, hypercalls, guest-errors, or all")
         }
         if let t = timeout, DurationText.parse(t) == nil {
-            throw ValidationError("--timeout=\(t) is not a duration; use e.g. 90s, 5m, 1h, 500ms")
+            throw ValidationError("--timeout=\(t) is not a duration of at most a year; use e.g. 90s, 5m, 1h, 500ms")
         }
         if let p = debugExit, Self.parsePort(p) == nil {
             throw ValidationError("--debug-exit=\(p) is not a port number (0-0xfffc)")

@@ -137,7 +137,7 @@ public final class VirtioNet: VirtioDeviceModel {
         return pending.withLock { p in
             var delivered = 0
             var more = false
-            while true {
+            receiving: while true {
                 if delivered == Virtio.chainsPerTurn { more = true; break }
                 if p.length == 0 {
                     guard queues.rings[Self.rxQueue].hasAvailable else { break }
@@ -149,12 +149,14 @@ public final class VirtioNet: VirtioDeviceModel {
                 switch deliver(&p, &queues, mergeable: mergeable) {
                 case .delivered: delivered += 1; p.length = 0
                 case .dropped: p.length = 0
-                case .noBuffers: break
                 case .broken: return false                     // NEEDS_RESET: the driver starts over anyway
-                }
-                if p.length != 0 {
-                    // Out of buffers: ask for a kick when the guest posts more.
-                    if !queues.rings[Self.rxQueue].enableNotifications() { break }
+                case .noBuffers:
+                    // The frame waits for more buffers. The ones it could not fill are still
+                    // posted, so "anything available?" would say yes forever: go on only if
+                    // the driver posted more meanwhile, else wait for its kick.
+                    let posted = queues.rings[Self.rxQueue].availableCount
+                    _ = queues.rings[Self.rxQueue].enableNotifications()
+                    if queues.rings[Self.rxQueue].availableCount == posted { break receiving }
                 }
             }
             _ = queues.rings[Self.rxQueue].enableNotifications()
@@ -175,6 +177,13 @@ public final class VirtioNet: VirtioDeviceModel {
             do throws(VirtqueueError) {
                 guard try queues.rings[Self.rxQueue].pop(into: &chain) else {
                     queues.rings[Self.rxQueue].unpop(UInt16(used.count))   // keep them for when more arrive
+                    if used.count >= Int(queues.rings[Self.rxQueue].size) {
+                        // Every buffer the ring can hold is posted and the frame still does
+                        // not fit: no amount of waiting helps. Drop it; the buffers stay posted.
+                        framesDropped.wrappingAdd(1, ordering: .relaxed)
+                        counters.guestError("a \(p.length)-byte frame is larger than the whole receive ring can hold")
+                        return .dropped
+                    }
                     return .noBuffers
                 }
             } catch {

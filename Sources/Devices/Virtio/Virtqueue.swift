@@ -193,6 +193,9 @@ public struct Virtqueue: @unchecked Sendable {
 
     public var hasAvailable: Bool { isActive && availIndex != lastAvail }
 
+    /// How many chains the driver has posted that the device has not taken.
+    public var availableCount: UInt16 { isActive ? availIndex &- lastAvail : 0 }
+
     /// Take the next available chain into `chain`. Returns false when the ring is empty.
     /// Structural errors throw; per-buffer faults are left in `chain.fault`.
     public mutating func pop(into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool {

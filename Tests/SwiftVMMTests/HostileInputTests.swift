@@ -1,0 +1,129 @@
+import Backends
+import CrashReports
+import Devices
+import Foundation
+import Glibc
+import RunControl
+import Synchronization
+import Testing
+
+/// A network backend in memory: frames queued by the test come out of `receive`.
+final class QueuedFrames: NetworkBackend {
+    let name = "queued"
+    let frames = Mutex<[[UInt8]]>([])
+    let receiveFD: Int32 = -1
+    func receive(into buffer: UnsafeMutableRawPointer, capacity: Int) -> Int {
+        frames.withLock { f in
+            guard !f.isEmpty else { return 0 }
+            let frame = f.removeFirst()
+            let n = min(frame.count, capacity)
+            frame.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: n) }
+            return n
+        }
+    }
+    func send(_ pieces: UnsafeBufferPointer<iovec>) -> Bool { true }
+}
+
+/// What a hostile guest, kernel file or command line could do to swiftvmm, each a defect that
+/// once trapped or spun (issue: robustness); each test failed before its fix.
+@Suite("hostile input: guest text, kernel headers, flags, receive rings")
+struct HostileInputTests {
+    @Test("an oops whose offsets do not fit in 64 bits next to a symbol is left unresolved, not a trap")
+    func oopsOffsets() {
+        let symbols = Symbolizer(systemMap: "ffffffff81000000 T start_kernel\nffffffff81001000 T rest_init\n")
+        let oops = DecodedOops.decode(ripLine: "RIP: 0010:start_kernel+0xffffffffffffffff/0x10",
+                                      callTrace: ["rest_init+0xfffffffffffffff0/0x10", "? start_kernel+0x10/0x20"],
+                                      symbols: symbols, lines: nil)
+        #expect(oops.frames.count == 3)
+        #expect(oops.frames[0].offset == UInt64.max && oops.frames[0].location == nil)
+        #expect(oops.frames[1].offset == 0xffff_ffff_ffff_fff0)
+        #expect(oops.frames[2].symbol == "start_kernel" && oops.frames[2].offset == 0x10)
+    }
+
+    @Test("a console that prints frame lines forever keeps at most 64 per oops, and says how many it dropped")
+    func oopsFramesCapped() throws {
+        let monitor = try ConsoleMonitor(expect: [], failOn: [], detectPanic: true, stop: StopController(), timeline: nil)
+        let devNull = open("/dev/null", O_WRONLY)
+        defer { close(devNull) }
+        let console = Console(fd: devNull, monitor: monitor)
+        var text = "RIP: 0010:start_kernel+0x1/0x10\nCall Trace:\n <TASK>\n"
+        for i in 0..<20_000 { text += " frame\(i)+0x1/0x10\n" }
+        Array(text.utf8).withUnsafeBytes { console.write($0) }
+        let oops = try #require(monitor.oops)
+        #expect(oops.frames.count == ConsoleMonitor.maxFrames)
+        #expect(oops.framesDropped == 20_000 - ConsoleMonitor.maxFrames)
+        let decoded = DecodedOops.decode(ripLine: oops.ripLine, callTrace: oops.frames, framesDropped: oops.framesDropped,
+                                         symbols: Symbolizer(systemMap: ""), lines: nil)
+        #expect(decoded.text.contains("(19936 more frame lines not kept)"))
+    }
+
+    @Test("a bzImage whose header asks for a load address at the top of memory is exit 65 with one line")
+    func absurdPreferredAddress() throws {
+        try requireKVMAndGuest()
+        var image = try DebianKernel.bytes("cloud", "vmlinuz")
+        for i in 0..<8 { image[0x258 + i] = i == 0 ? 0x00 : 0xFF }     // pref_address 0xffffffffffffff00
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-prefaddr-\(getpid())")
+        try Data(image).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let r = try runVMM(["128m", url.path])
+        #expect(r.status == 65, "exit \(r.status): \(r.stderr)")
+        #expect(r.stderr.contains("preferred load address 0xffffffffffffff00"), "\(r.stderr)")
+        let inspect = try runVMM(["inspect", url.path])
+        #expect(inspect.status == 65, "inspect: exit \(inspect.status): \(inspect.stderr)")
+    }
+
+    @Test("--timeout with an absurd number is a usage error (64), not a trap")
+    func absurdTimeout() throws {
+        try requireKVMAndGuest()
+        for t in ["99999999999999999999999h", "1e400", "400d", "9999999999m"] {
+            let r = try runVMM(["--timeout=\(t)", "32m", Repo.minimalGuest, "exit=0"])
+            #expect(r.status == 64, "--timeout=\(t): exit \(r.status): \(r.stderr)")
+            #expect(r.stderr.contains("--timeout=\(t)"), "\(r.stderr)")
+        }
+        #expect(DurationText.parse("366d") == nil && DurationText.parse("8784h") == 8784 * 3600)
+        // Below the command line, too: the stop controller clamps whatever it is given.
+        let stop = StopController()
+        stop.stop(.shutdown)
+        #expect(stop.wait(timeout: 1e300) == .shutdown)
+    }
+
+    /// Serve the receive queue on another thread; true if it came back within `seconds`.
+    func receiveReturns(_ h: VirtioHarness, within seconds: Double) -> Bool {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let harness = h
+        Thread { harness.transport.processNow(0); done.signal() }.start()
+        return done.wait(timeout: .now() + seconds) == .success
+    }
+
+    @Test("virtio-net with MRG_RXBUF: a frame larger than the posted buffers waits for more instead of spinning, and one larger than the whole ring is dropped")
+    func receiveStarvation() throws {
+        let backend = QueuedFrames()
+        let net = VirtioNet(backend: backend, mac: nil, trace: [])
+        let h = try VirtioHarness(net, queueSize: 4)
+        h.start(features: Virtio.featureVersion1 | VirtioNet.featureMergeableRX)
+        let buffers: UInt64 = 0x40000
+        // Two 256-byte buffers posted; a 1000-byte frame needs four.
+        for i in 0..<2 {
+            try h.ring.setDescriptor(i, address: buffers + UInt64(i) * 256, length: 256, flags: 2)
+            try h.ring.post(UInt16(i))
+        }
+        backend.frames.withLock { $0 = [[UInt8](repeating: 0, count: 12) + [UInt8](repeating: 0xAB, count: 988)] }
+        #expect(receiveReturns(h, within: 5), "receive spun on buffers it could not use")
+        #expect(h.ring.usedIdx == 0 && net.framesDropped.load(ordering: .relaxed) == 0)
+        // Two more: now it fits, in four buffers.
+        for i in 2..<4 {
+            try h.ring.setDescriptor(i, address: buffers + UInt64(i) * 256, length: 256, flags: 2)
+            try h.ring.post(UInt16(i))
+        }
+        #expect(receiveReturns(h, within: 5))
+        #expect(h.ring.usedIdx == 4 && net.framesReceived.load(ordering: .relaxed) == 1)
+        #expect(h.memory.load(UInt16.self, at: buffers + 10) == 4)            // num_buffers
+
+        // The whole ring (4 x 256 bytes) posted, and a frame larger than all of it: dropped.
+        for i in 0..<4 { try h.ring.post(UInt16(i)) }
+        backend.frames.withLock { $0 = [[UInt8](repeating: 0, count: 2000)] }
+        #expect(receiveReturns(h, within: 5))
+        #expect(net.framesDropped.load(ordering: .relaxed) == 1)
+        #expect(h.ring.usedIdx == 4)                                           // the buffers stay posted
+    }
+}
