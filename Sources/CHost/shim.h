@@ -17,6 +17,12 @@ static const int SYS_EFD_NONBLOCK = EFD_NONBLOCK;
 static inline int sys_set_thread_name(unsigned long thread, const char *name) {
     return pthread_setname_np(thread, name);
 }
+// Joining a thread with a deadline (GNU): shutdown must not wait on a thread stuck in a call.
+extern int pthread_timedjoin_np(unsigned long thread, void **retval, const struct timespec *abstime);
+static inline int sys_join_until(unsigned long thread, long seconds, long nanoseconds) {
+    struct timespec t = { seconds, nanoseconds };
+    return pthread_timedjoin_np(thread, 0, &t);
+}
 static inline long sys_getrandom(void *buf, unsigned long len) { return getrandom(buf, len, 0); }
 
 // ---- guest RAM -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import RunControl
 /// Without it Linux would only halt and print "reboot: System halted".
 ///
 ///   port 0x600  sleep control (write)      port 0x601  sleep status (reads 0: never woken)
-public final class ACPISleepControl: BusDevice {
+public final class ACPISleepControl: BusDevice, @unchecked Sendable {
     public static let port: UInt64 = 0x600
     public static let portCount: UInt64 = 2
     /// The sleep type the DSDT's `\_S5` names; the others (S1-S4) are not offered.

@@ -6,7 +6,7 @@ import Synchronization
 /// host's current UTC time in BCD, 24-hour mode, read afresh on every access so the guest sees
 /// the seconds tick; the update-in-progress bit is never set, so a reader never waits. The
 /// other bytes are plain RAM that reads back what was written (zero at start).
-public final class CMOS: BusDevice {
+public final class CMOS: BusDevice, @unchecked Sendable {
     public static let port: UInt64 = 0x70
     public static let portCount: UInt64 = 2
 

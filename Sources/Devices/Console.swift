@@ -38,6 +38,8 @@ public final class Console: Sendable {
     private let dataReady = EventFD()
     private let roomReady = EventFD()
     private let writerDone = Atomic<Bool>(false)
+    /// The run is ending: a writer waiting for backlog room drops the rest instead.
+    private let abandoned = Atomic<Bool>(false)
 
     public init(fd: Int32 = 1, quiet: Bool = false, logFD: Int32? = nil, monitor: ConsoleMonitor? = nil,
                 timeline: Timeline? = nil) {
@@ -56,6 +58,10 @@ public final class Console: Sendable {
             b.writer = writer
         }
     }
+
+    /// The run is ending: from now on a write that finds the backlog full drops what does not
+    /// fit rather than wait (a vCPU waiting there holds the UART's lock).
+    public func abandonWaits() { abandoned.store(true, ordering: .releasing) }
 
     /// Write out everything still in the backlog and stop the output thread, waiting at most
     /// `seconds` (an output nobody reads must not keep swiftvmm from exiting).
@@ -101,6 +107,8 @@ public final class Console: Sendable {
             guard threaded else { return }
             if wake { dataReady.signal() }
             if offset < bytes.count {
+                // At the end of a run nobody may wait on an output nobody reads.
+                if abandoned.load(ordering: .acquiring) { return }
                 // The backlog is full: wait for the output thread to make room.
                 var pfd = pollfd(fd: roomReady.fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&pfd, 1, 100)
@@ -229,7 +237,7 @@ public final class ConsoleInput: Sendable {
                     }
                 }
             }
-            buffer.withUnsafeBytes { serial.receive(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            _ = buffer.withUnsafeBytes { serial.receive(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
     }
 }

@@ -10,7 +10,7 @@ import Synchronization
 ///
 /// Ports: 0x60 data (read: output buffer; write: argument of the last command),
 ///        0x64 status (read) / command (write).
-public final class I8042: BusDevice {
+public final class I8042: BusDevice, @unchecked Sendable {
     public static let dataPort: UInt64 = 0x60
     public static let commandPort: UInt64 = 0x64
     /// Registered for 0x60-0x64 as one range. Port 0x61 inside it is the PIT's speaker

@@ -3,7 +3,7 @@ import Synchronization
 /// Port 0x80, the POST diagnostic port. Firmware writes progress codes there; Linux writes
 /// to it as a short I/O delay (`io_delay=0x80`, the default) around slow legacy devices. It
 /// only has to exist: writes are kept (the last one, for reports), reads return all-ones.
-public final class PostCodePort: BusDevice {
+public final class PostCodePort: BusDevice, @unchecked Sendable {
     public static let port: UInt64 = 0x80
     public let lastCode = Atomic<UInt8>(0)
 

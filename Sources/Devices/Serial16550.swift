@@ -12,7 +12,7 @@ import Synchronization
 ///   1  IER                           DLM when DLAB=1
 ///   2  IIR (read) / FCR (write)
 ///   3  LCR   4 MCR   5 LSR   6 MSR   7 SCR
-public final class Serial16550: BusDevice {
+public final class Serial16550: BusDevice, @unchecked Sendable {
     public static let com1Port: UInt64 = 0x3F8
     public static let com1IRQ: UInt32 = 4
     public static let portCount: UInt64 = 8

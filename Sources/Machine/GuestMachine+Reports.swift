@@ -74,7 +74,9 @@ extension GuestMachine {
 
     func statistics() -> Statistics {
         var s = Statistics()
-        for r in runners {
+        // A vCPU left behind still runs: its counters are not read (they are its thread's).
+        let finished = runners.filter { $0.finished.load(ordering: .acquiring) }
+        for r in finished {
             for i in 0..<VCPURunner.exitReasonSlots where r.exitCounts[i] > 0 {
                 s.exitsByReason[FaultReport.exitReasonName(UInt32(i)), default: 0] += r.exitCounts[i]
             }
@@ -90,8 +92,8 @@ extension GuestMachine {
                 s.deviceAccesses[d.device.name] = (d.device.reads.load(ordering: .relaxed), d.device.writes.load(ordering: .relaxed))
             }
         }
-        s.unclaimedPortAccesses = runners.reduce(0) { $0 + $1.unclaimedPortAccesses }
-        s.unclaimedMMIOAccesses = runners.reduce(0) { $0 + $1.unclaimedMMIOAccesses }
+        s.unclaimedPortAccesses = finished.reduce(0) { $0 + $1.unclaimedPortAccesses }
+        s.unclaimedMMIOAccesses = finished.reduce(0) { $0 + $1.unclaimedMMIOAccesses }
         return s
     }
 }

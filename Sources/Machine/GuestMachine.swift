@@ -33,6 +33,8 @@ public final class GuestMachine: Sendable {
 
     /// The signal that kicks vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR1
+    /// How long the threads of a run have to end once its outcome is decided.
+    static let shutdownNanoseconds: UInt64 = 2_000_000_000
 
     public init(config: MachineConfig) throws(MachineError) {
         let parts = try MachineBuilder.build(config)
@@ -114,12 +116,15 @@ public final class GuestMachine: Sendable {
             inputThread = input.start()
         }
         var outcome = stop.wait(timeout: config.timeout)
+        // From the decision on, everything is bounded by one deadline: what has not ended by
+        // then is reported and left behind (it goes when the process exits).
+        let deadline = monotonicNanoseconds() + Self.shutdownNanoseconds
+        console.abandonWaits()
         // Kick every vCPU out of KVM_RUN until its loop has returned: immediate_exit covers
         // one about to enter, the signal one already inside. Kick again until it is out: an
         // application processor still waiting for SIPI blocks inside KVM_RUN before KVM looks
         // at immediate_exit, so a signal that lands just before it blocks would be lost.
-        let kickDeadline = monotonicNanoseconds() + 2_000_000_000
-        while runners.contains(where: { !$0.finished.load(ordering: .acquiring) }) && monotonicNanoseconds() < kickDeadline {
+        while runners.contains(where: { !$0.finished.load(ordering: .acquiring) }) && monotonicNanoseconds() < deadline {
             for (runner, thread) in zip(runners, threads) where !runner.finished.load(ordering: .acquiring) {
                 runner.vcpu.requestImmediateExit()
                 thread.signal(Self.kickSignal)
@@ -133,9 +138,13 @@ public final class GuestMachine: Sendable {
                 Diagnostics.line("swiftvmm: vCPU \(runner.vcpu.id) did not leave KVM_RUN within 2 s of being kicked; leaving it behind")
             }
         }
-        devices.join()
-        inputThread?.join()
-        console.finish()
+        for name in devices.join(until: deadline) {
+            Diagnostics.line("swiftvmm: \(name)'s thread did not end within 2 s of the decision; leaving it behind")
+        }
+        if let inputThread, !inputThread.join(until: deadline) {
+            Diagnostics.line("swiftvmm: the console input thread did not end within 2 s of the decision; leaving it behind")
+        }
+        console.finish(waitingUpTo: max(0.05, Double(deadline &- min(deadline, monotonicNanoseconds())) / 1e9))
         ConsoleInput.restoreTerminal()
         timeline.markEnd()
 

@@ -93,8 +93,10 @@ final class MachineDevices: Sendable {
         threads.withLock { $0 = started }
     }
 
-    func join() {
-        for t in threads.withLock({ t in defer { t = [] }; return t }) { t.join() }
+    /// Join the device threads that end before `deadline`; the names of those that did not.
+    func join(until deadline: UInt64) -> [String] {
+        let started = threads.withLock { t in defer { t = [] }; return t }
+        return zip(transports, started).filter { !$0.1.join(until: deadline) }.map { $0.0.name }
     }
 
     var guestErrors: UInt64 {
@@ -112,6 +114,10 @@ final class MachineDevices: Sendable {
                 + "\(d.counters.requests.load(ordering: .relaxed)) requests, "
                 + "\(t.interrupts.raised.load(ordering: .relaxed)) interrupts (\(t.interrupts.messagesSent.load(ordering: .relaxed)) MSI-X, "
                 + "\(t.interrupts.intxAssertions.load(ordering: .relaxed)) INTx), \(d.counters.guestErrors.load(ordering: .relaxed)) guest errors"
+            if let blk = d as? VirtioBlock {
+                line += ", \(blk.ioErrors.load(ordering: .relaxed)) I/O errors"
+                if blk.flushFailed.load(ordering: .relaxed) { line += " (a flush failed: writes refused since)" }
+            }
             if let net = d as? VirtioNet {
                 line += ", frames \(net.framesReceived.load(ordering: .relaxed)) in / \(net.framesSent.load(ordering: .relaxed)) out / \(net.framesDropped.load(ordering: .relaxed)) dropped"
             }

@@ -146,7 +146,7 @@ public final class PCIBus: @unchecked Sendable {
 }
 
 /// Ports 0xCF8–0xCFF: CONFIG_ADDRESS (a 32-bit latch) and CONFIG_DATA.
-public final class PCIConfigPorts: BusDevice {
+public final class PCIConfigPorts: BusDevice, @unchecked Sendable {
     unowned let bus: PCIBus
     init(bus: PCIBus) {
         self.bus = bus
@@ -166,7 +166,7 @@ public final class PCIConfigPorts: BusDevice {
 }
 
 /// The PCI hole as one range on the MMIO bus, forwarding each access to the BAR that decodes it.
-public final class PCIMMIOWindow: BusDevice {
+public final class PCIMMIOWindow: BusDevice, @unchecked Sendable {
     unowned let bus: PCIBus
     init(bus: PCIBus) {
         self.bus = bus

@@ -43,6 +43,11 @@ public final class VirtioBlock: VirtioDeviceModel {
     public var canDiscard: Bool { backend.canDiscard }
     /// Failed backend operations, for the report.
     public let ioErrors = Atomic<UInt64>(0)
+    /// A flush failed: what it should have made durable may be lost, and saying OK to a later
+    /// flush or write would say it was not (fsync's errors are reported once, then forgotten,
+    /// by Linux). So from then on every write and flush of this disk fails, for the rest of
+    /// the run, as QEMU does.
+    public let flushFailed = Atomic<Bool>(false)
 
     /// The disk `index` (vda = 0, which also seeds its serial) on `backend`.
     public init(backend: any BlockBackend, index: Int, trace: TraceOptions) {
@@ -148,6 +153,7 @@ public final class VirtioBlock: VirtioDeviceModel {
             if !ok { return (Self.statusIOError, 0) }
             return (Self.statusOK, dataIn)
         case Self.typeOut:
+            if flushFailed.load(ordering: .acquiring) { return (Self.statusIOError, 0) }
             if readOnly {
                 counters.guestError("write to read-only \(name) at sector \(sector)")
                 return (Self.statusIOError, 0)
@@ -162,11 +168,11 @@ public final class VirtioBlock: VirtioDeviceModel {
                 defer { pos += UInt64(n) }
                 return io { () throws(BlockIOError) in try backend.write(from: p, count: n, at: pos) }
             }
-            if ok && writeThrough { ok = io { () throws(BlockIOError) in try backend.flush() } }
+            if ok && writeThrough { ok = flush() }
             return (ok ? Self.statusOK : Self.statusIOError, 0)
         case Self.typeFlush:
             if readOnly { return (Self.statusOK, 0) }
-            return (io { () throws(BlockIOError) in try backend.flush() } ? Self.statusOK : Self.statusIOError, 0)
+            return (flush() ? Self.statusOK : Self.statusIOError, 0)
         case Self.typeGetID:
             let n = Int(min(dataIn, UInt64(Self.idLength)))
             var id = serial + [UInt8](repeating: 0, count: Self.idLength - serial.count)
@@ -213,6 +219,19 @@ public final class VirtioBlock: VirtioDeviceModel {
             }
         }
         return Self.statusOK
+    }
+
+    /// The backend's flush, unless one already failed; a failure sticks (see `flushFailed`) and
+    /// is said once.
+    private func flush() -> Bool {
+        if flushFailed.load(ordering: .acquiring) { return false }
+        var failure: BlockIOError?
+        do throws(BlockIOError) { try backend.flush() } catch { failure = error }
+        guard let failure else { return true }
+        ioErrors.wrappingAdd(1, ordering: .relaxed)
+        flushFailed.store(true, ordering: .releasing)
+        Diagnostics.line("swiftvmm: \(counters.name): flushing \(backend.path) failed (\(failure)): what it held may be lost, so every later write and flush of this disk fails")
+        return false
     }
 
     /// Run one backend operation; a failure is counted (and traced) and becomes the

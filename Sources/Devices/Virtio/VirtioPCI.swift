@@ -18,7 +18,7 @@ import Synchronization
 /// and the device thread (`VirtioServingLoop`). This class is the PCI function that puts them
 /// behind BAR 0 and config space. Kicks: each queue's notify address is a doorbell whose
 /// event the device thread waits on.
-public final class VirtioPCI: PCIDevice {
+public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     public static let vendor: UInt16 = 0x1AF4
     public static let barSize: UInt32 = 0x4000
     public static let commonOffset: UInt64 = 0x0000, commonLength: UInt32 = 0x40
@@ -219,22 +219,23 @@ public final class VirtioPCI: PCIDevice {
 
     // MARK: What a common-configuration write sets off
 
+    /// The register change and what it sets off are one step, inside the serving lock: a
+    /// queue enabled on one vCPU and a reset on another cannot interleave (which could leave a
+    /// ring active on a device just reset), and no request is being served meanwhile.
     private func writeCommon(_ offset: Int, _ size: Int, _ value: UInt64) {
-        let (effect, guestError) = link.common.withLock { $0.write(offset: offset, size: size, value: value) }
-        if let guestError { device.counters.guestError(guestError) }
-        switch effect {
-        case .none:
-            break
-        case .reset:
-            resetDevice()
-        case .start(let features):
-            serving.withLock { s in
+        let (serveNow, guestError) = serving.withLock { s -> (Bool, String?) in
+            let (effect, guestError) = link.common.withLock { $0.write(offset: offset, size: size, value: value) }
+            switch effect {
+            case .none:
+                return (false, guestError)
+            case .reset:
+                reset(&s)
+                return (false, guestError)
+            case .start(let features):
                 s.queues.features = features
                 s.active = true
-            }
-            for kick in kicks { kick.signal() }         // serve anything posted before DRIVER_OK
-        case .enableQueue(let q, let registers, let eventIndex):
-            serving.withLock { s in
+                return (true, guestError)
+            case .enableQueue(let q, let registers, let eventIndex):
                 do throws(VirtqueueError) {
                     // The driver may shrink a queue, never grow it past what the device offers.
                     guard registers.size <= device.queueMaxSize else { throw .badQueueSize(registers.size) }
@@ -244,19 +245,20 @@ public final class VirtioPCI: PCIDevice {
                 } catch {
                     s.queues.broken(q, error)
                 }
+                return (false, guestError)
             }
         }
+        if let guestError { device.counters.guestError(guestError) }
+        if serveNow { for kick in kicks { kick.signal() } }      // serve anything posted before DRIVER_OK
     }
 
-    /// Status 0: back to the initial state. Waits for a request being served to finish.
-    private func resetDevice() {
-        serving.withLock { s in
-            for q in s.queues.rings.indices { s.queues.rings[q].reset() }
-            s.queues.features = 0
-            s.active = false
-            device.reset()
-            interrupts.reset()
-        }
+    /// Status 0: back to the initial state (the serving lock held, so no request is in flight).
+    private func reset(_ s: inout Serving) {
+        for q in s.queues.rings.indices { s.queues.rings[q].reset() }
+        s.queues.features = 0
+        s.active = false
+        device.reset()
+        interrupts.reset()
     }
 
     public func interruptQueue(_ index: Int) { link.interruptQueue(index) }
