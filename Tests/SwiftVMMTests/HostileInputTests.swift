@@ -3,6 +3,7 @@ import CrashReports
 import Devices
 import Foundation
 import Glibc
+import Memory
 import RunControl
 import Synchronization
 import Testing
@@ -161,5 +162,37 @@ struct BoundedShutdownTests {
         // 3 s of run, at most 2 s of shutdown, and process start and teardown around them.
         #expect(elapsed < 6.5, "took \(elapsed) s: \(stderr)")
         #expect(process.terminationStatus == 124, "exit \(process.terminationStatus): \(stderr)")
+    }
+}
+
+@Suite("hostile guests against the devices")
+struct HostileDeviceTests {
+    @Test("virtio-rng: a request for a whole megabyte gets at most 64 KiB of randomness")
+    func rngCap() throws {
+        let rng = VirtioRNG(trace: [])
+        let h = try VirtioHarness(rng)
+        h.start(features: Virtio.featureVersion1)
+        #expect(try h.submit([(0x100000, 1 << 20, true)]) == UInt32(VirtioRNG.maxBytesPerRequest))
+    }
+
+    @Test("BAR 0 moved so its doorbells collide with another device's: nothing stays half attached, the failure is counted")
+    func barOverlap() throws {
+        let memory = try GuestMemory(size: 4 << 20)
+        let sink = RecordingInterrupts()
+        let lines = SharedLines(sink: sink)
+        let a = try VirtioPCI(device: VirtioRNG(trace: []), memory: memory, interrupts: sink, intx: lines, intxLine: 10, doorbells: sink)
+        let b = try VirtioPCI(device: VirtioNet(backend: QueuedFrames(), mac: nil, trace: []), memory: memory,
+                              interrupts: sink, intx: lines, intxLine: 11, doorbells: sink)
+        a.barMoved(0, to: 0xC000_0000)                      // a's queue 0 rings at 0xC000_2000
+        // b's queue 0 would ring at 0xC000_1FFC (free), its queue 1 at 0xC000_2000 (a's).
+        b.barMoved(0, to: 0xC000_0000 - 4)
+        #expect(sink.doorbellAddresses == [0xC000_2000])
+        #expect(b.doorbellFailures.load(ordering: .relaxed) == 1)
+        for _ in 0..<100 { b.barMoved(0, to: 0xC000_0000 - 4) }
+        #expect(sink.doorbellAddresses == [0xC000_2000])
+        #expect(b.doorbellFailures.load(ordering: .relaxed) == 101)
+        // Moved somewhere free: both doorbells attach.
+        b.barMoved(0, to: 0xC000_8000)
+        #expect(sink.doorbellAddresses == [0xC000_2000, 0xC000_A000, 0xC000_A004])
     }
 }

@@ -44,6 +44,8 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     private let doorbells: DoorbellRegistrar
     /// Where the notify doorbells are attached now (BAR 0 base), if anywhere.
     private let attachedAt = Mutex<UInt64?>(nil)
+    /// Times attaching them failed (BAR 0 moved onto an address that is taken).
+    public let doorbellFailures = Atomic<UInt64>(0)
     /// Config-space offsets of the MSI-X capability and the PCI-configuration-access capability.
     let msixCapability: Int
     let pciCfgCapability: Int
@@ -167,7 +169,10 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
                 return error
             }
         }
-        if let failure { Diagnostics.line("swiftvmm: \(name): \(failure); queue kicks will exit to user space") }
+        // Said once: a guest that keeps moving BAR 0 onto a taken address must not flood stderr.
+        if let failure, doorbellFailures.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+            Diagnostics.line("swiftvmm: \(name): \(failure); queue kicks will exit to user space (said once)")
+        }
     }
 
     static func notifyAddress(_ base: UInt64, _ queue: Int) -> UInt64 {

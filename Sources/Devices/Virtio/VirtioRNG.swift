@@ -20,14 +20,19 @@ public final class VirtioRNG: VirtioDeviceModel {
         drain(index, &queues) { chain in fill(&chain) }
     }
 
-    /// Fill every writable buffer of the chain; returns the bytes written.
+    /// Bytes served per request at most. A driver asks for a few dozen at a time; a chain of
+    /// 1024 indirect descriptors over all of guest RAM must not cost a getrandom of that much.
+    /// The device may write less than the buffers hold (the used length says how much).
+    public static let maxBytesPerRequest: UInt64 = 64 << 10
+
+    /// Fill the chain's writable buffers, up to `maxBytesPerRequest`; returns the bytes written.
     public func fill(_ chain: inout DescriptorChain) -> UInt32 {
         if let fault = chain.fault {
             counters.guestError("request \(chain.head): \(fault)")
             return 0
         }
         var total: UInt64 = 0
-        _ = chain.forEachPiece(writable: true, from: 0, count: chain.writableLength) { p, n in
+        _ = chain.forEachPiece(writable: true, from: 0, count: min(chain.writableLength, Self.maxBytesPerRequest)) { p, n in
             var done = 0
             while done < n {
                 let r = sys_getrandom(p + done, UInt(n - done))
