@@ -336,7 +336,7 @@ int test_rng(void)
  * DEVICE_NEEDS_RESET; what it must not do is claim success, write into a
  * buffer the driver marked device-readable, or stop answering.
  */
-enum abuse_case { OUTSIDE_RAM, LOOP, OVERSIZED, PAST_END, RO_STATUS };
+enum abuse_case { OUTSIDE_RAM, LOOP, OVERSIZED, PAST_END, RO_STATUS, HYPERCALL_PAGE, PCI_HOLE };
 
 static const struct {
 	const char *name, *what;
@@ -346,7 +346,20 @@ static const struct {
 	[OVERSIZED] = { "abuse-oversized", "data descriptor of 0xfffff000 bytes" },
 	[PAST_END] = { "abuse-past-end", "read of sector <capacity>" },
 	[RO_STATUS] = { "abuse-ro-status", "device-readable status byte" },
+	[HYPERCALL_PAGE] = { "abuse-hypercall-page", "read into the hypercall page at 0x2000" },
+	[PCI_HOLE] = { "abuse-pci-hole", "read into the PCI hole at 0xc0000000" },
 };
+
+/* The hypercall page is RAM the guest may read but no one may write, device DMA included. */
+static u32 hypercall_page_sum(void)
+{
+	const u8 *p = (const u8 *)0x2000;
+	u32 sum = 0;
+
+	for (int i = 0; i < 4096; i++)
+		sum = sum * 31 + p[i];
+	return sum;
+}
 
 static void abuse(enum abuse_case c)
 {
@@ -379,7 +392,12 @@ static void abuse(enum abuse_case c)
 		d[1].len = 0xfffff000;
 	} else if (c == RO_STATUS) {
 		d[2].flags = 0;
+	} else if (c == HYPERCALL_PAGE) {
+		d[1].addr = 0x2000;
+	} else if (c == PCI_HOLE) {
+		d[1].addr = 0xc0000000ULL;
 	}
+	u32 page_before = hypercall_page_sum();
 	virtq_push(&vq, 0);
 	r = virtq_wait(&dev, &vq, &id, &len);
 
@@ -403,6 +421,8 @@ static void abuse(enum abuse_case c)
 	else if (c == RO_STATUS)
 		check(name, blk_status == 0xff, "device wrote into a device-readable buffer: 0x",
 		      blk_status);
+	else if (c == HYPERCALL_PAGE && hypercall_page_sum() != page_before)
+		check(name, false, "the device wrote into the hypercall page", 0);
 	else if (c == PAST_END)
 		check(name, blk_status == VIRTIO_BLK_S_IOERR, "request status ", blk_status);
 	else
@@ -421,7 +441,7 @@ int test_virtio_abuse(void)
 		print("FAIL virtio-abuse: no writable virtio-blk device\n");
 		return 1;
 	}
-	for (int c = OUTSIDE_RAM; c <= RO_STATUS; c++)
+	for (int c = OUTSIDE_RAM; c <= PCI_HOLE; c++)
 		abuse(c);
 
 	if (blk_start(0, IRQ_NONE) < 0) {
