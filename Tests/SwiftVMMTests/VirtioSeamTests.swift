@@ -87,6 +87,14 @@ struct VirtioSeamTests {
         #expect(c.isRunning)
         c.setNeedsReset()
         #expect(!c.isRunning && c.read(offset: 20, size: 1) & UInt64(Virtio.statusNeedsReset) != 0)
+        // A vector the MSI-X table does not have reads back as NO_VECTOR (the driver then falls
+        // back); one it has sticks.
+        _ = c.write(offset: 26, size: 2, value: 0x55)
+        #expect(c.read(offset: 26, size: 2) == 0xFFFF)
+        _ = c.write(offset: 16, size: 2, value: 2)
+        #expect(c.read(offset: 16, size: 2) == 2)
+        _ = c.write(offset: 16, size: 2, value: 3)
+        #expect(c.read(offset: 16, size: 2) == 0xFFFF)
         #expect(c.write(offset: 20, size: 1, value: 0).effect == .reset)
         #expect(c.status == 0 && c.queues[1] == VirtioCommonConfig.Queue(size: 128))
     }

@@ -28,6 +28,8 @@ public struct VirtioCommonConfig: Sendable, Equatable {
 
     public let offeredFeatures: UInt64
     public let queueMaxSize: UInt16
+    /// Entries in the function's MSI-X table: a queue per vector, and one for configuration.
+    public var msixVectors: Int { queues.count + 1 }
     public private(set) var deviceFeatureSelect: UInt32 = 0
     public private(set) var driverFeatureSelect: UInt32 = 0
     public private(set) var driverFeatures: UInt64 = 0
@@ -109,6 +111,12 @@ public struct VirtioCommonConfig: Sendable, Equatable {
         }
     }
 
+    /// A vector number the driver chose: one the MSI-X table has, else NO_VECTOR, which is what
+    /// the driver reads back when the device cannot map it (virtio 1.2, 4.1.4.3.2).
+    static func vector(_ v: UInt64, of count: Int) -> UInt16 {
+        v < UInt64(count) ? UInt16(v) : noVector
+    }
+
     /// A write inside one field (narrower writes merge into it: drivers write 64-bit fields as
     /// halves). Returns what the transport must do, and the guest's mistake if it made one.
     public mutating func write(offset: Int, size: Int, value: UInt64) -> (effect: Effect, guestError: String?) {
@@ -128,14 +136,14 @@ public struct VirtioCommonConfig: Sendable, Equatable {
             guard status & Virtio.statusFeaturesOK == 0, driverFeatureSelect < 2 else { break }
             let s = 32 * UInt64(driverFeatureSelect)
             driverFeatures = (driverFeatures & ~(0xFFFF_FFFF << s)) | ((v & 0xFFFF_FFFF) << s)
-        case 16: configVector = UInt16(truncatingIfNeeded: v)
+        case 16: configVector = Self.vector(v, of: msixVectors)
         case 20:
             let newStatus = UInt8(truncatingIfNeeded: v)
             if newStatus == 0 { reset(); return (.reset, nil) }
             return setStatus(newStatus)
         case 22: queueSelect = UInt16(truncatingIfNeeded: v)
         case 24 where queueWritable: queues[q].size = UInt16(truncatingIfNeeded: v)
-        case 26 where hasQueue: queues[q].vector = UInt16(truncatingIfNeeded: v)
+        case 26 where hasQueue: queues[q].vector = Self.vector(v, of: msixVectors)
         case 28 where queueWritable && v & 1 == 1:
             queues[q].enabled = true
             return (.enableQueue(q, queues[q], eventIndex: driverFeatures & Virtio.featureEventIndex != 0), nil)
