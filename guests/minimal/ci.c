@@ -37,6 +37,26 @@ static _Noreturn void hang(bool halt)
 }
 
 /*
+ * Write to COM1 forever, a page per exit (rep outsb: KVM hands the VMM the whole
+ * string at once), faster than any terminal or pipe takes it: the host's
+ * console backlog fills and the vCPU has to wait for room.  How a run that is
+ * ended then (a timeout, a signal) still ends at once is what this tests.
+ */
+static _Noreturn void flood(void)
+{
+	static char page[4096];
+
+	for (unsigned i = 0; i < sizeof(page); i++)
+		page[i] = (i % 64 == 63) ? '\n' : 'x';
+	for (;;) {
+		const char *p = page;
+		unsigned long count = sizeof(page);
+
+		asm volatile("rep outsb" : "+S"(p), "+c"(count) : "d"(0x3f8) : "memory");
+	}
+}
+
+/*
  * An oops in Linux's format, naming our own functions, so the host can
  * resolve the frames to file:line through this ELF's DWARF.  Offsets are
  * real (return addresses minus function starts); the sizes after the '/'
@@ -142,6 +162,8 @@ bool run_ci_word(const char *w, size_t n)
 		panic_on_request(true);		/* and on to the next word */
 	} else if (word_is(w, n, "oops")) {
 		oops_outer();
+	} else if (word_is(w, n, "flood")) {
+		flood();
 	} else if (word_is(w, n, "hang=spin")) {
 		hang(false);
 	} else if (word_is(w, n, "hang=hlt")) {
