@@ -63,6 +63,8 @@ final class MachineDevices: Sendable {
             do {
                 models.append(try VirtioNet(tapName: net.tap, mac: net.mac, trace: trace))
             } catch {
+                // A name no tap can have is the user's mistake; a tap that cannot be opened is not.
+                if case .badName = error { throw .usage(error.description) }
                 throw .device(error.description, exitCode: ExitStatus.vmmError)
             }
         }

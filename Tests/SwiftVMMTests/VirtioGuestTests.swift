@@ -92,7 +92,7 @@ struct VirtioGuestTests {
         }
     }
 
-    @Test("a missing block image exits 66 with the file named; a bad --tunnet MAC is a usage error")
+    @Test("a missing block image exits 66 with the file named; a bad --tunnet MAC or tap name is a usage error")
     func badOptions() throws {
         let r = try bootMinimal(["hello"], options: ["--block=/nonexistent/disk.img"])
         #expect(r.status == 66)
@@ -100,6 +100,9 @@ struct VirtioGuestTests {
         let m = try bootMinimal(["hello"], options: ["--tunnet=tap0,mac=01:02:03:04:05:06"])
         #expect(m.status == 64, "\(m.stderr)")
         #expect(m.stderr.contains("--tunnet"))
+        let n = try bootMinimal(["hello"], options: ["--tunnet=" + String(repeating: "a", count: 100)])
+        #expect(n.status == 64, "\(n.stderr)")
+        #expect(n.stderr.contains("must be 1 to 15 characters"), "\(n.stderr)")
     }
 
     /// A network namespace with tap0 at 10.0.2.2/24, removed afterwards.
