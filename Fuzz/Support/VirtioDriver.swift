@@ -177,21 +177,12 @@ public final class VirtioDriver {
         availIdx[q] = memory.load(UInt16.self, at: Self.avail(q) + 2)!
     }
 
-    /// Serve queue `q`, then check what the device put in its used ring.
+    /// Serve queue `q` on this thread. What lands in the used ring is not checked: a driver may
+    /// point a buffer at its own used ring, and the device then fills it on the driver's
+    /// behalf (the first campaign's rng and net runs did; the heads the device pushes are
+    /// checked in the virtqueue target, where nothing else writes the ring).
     func process(_ q: Int) {
-        write(Self.queueSelect, 2, UInt64(q))
-        let size = UInt16(truncatingIfNeeded: read(Self.queueSize, 2))
-        let usedAt = read(Self.queueDevice, 8)
-        let before = memory.load(UInt16.self, at: usedAt &+ 2)
         transport.processNow(q)
-        guard let before, transport.queueIsActive(q), size > 0, size & (size - 1) == 0,
-              let after = memory.load(UInt16.self, at: usedAt + 2) else { return }
-        let pushed = min(after &- before, size)
-        for k in 0..<pushed {
-            let slot = UInt64((after &- pushed &+ k) % size)
-            let id = memory.load(UInt32.self, at: usedAt + 4 + 8 * slot)!
-            fuzzCheck(id < UInt32(size), "queue \(q): used element with id \(id), the queue has \(size) entries")
-        }
     }
 
     /// An MSI-X table access; what a valid aligned write stored must read back.
