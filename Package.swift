@@ -36,9 +36,23 @@
 // and puts the boot vCPU in the entry state the LoadedKernel names; its vCPU loop then runs.
 import PackageDescription
 
+// SWIFTVMM_FUZZ=1 (scripts/fuzz) makes this the package of the libFuzzer targets in Fuzz/
+// instead: the same libraries, the command line as a library (its sources without main.swift,
+// so a fuzz target can parse arguments without running anything), one executable per target,
+// no swiftvmm executable and no tests. scripts/fuzz builds it with -sanitize=fuzzer,address
+// in .build-fuzz, so .build and `swift test` never see it.
+let fuzzing = Context.environment["SWIFTVMM_FUZZ"] == "1"
+let fuzzTargets = ["elf", "bzimage", "pageoffset", "virtqueue", "virtio-blk", "virtio-net", "virtio-rng",
+                   "pci", "serial", "console", "oops", "cli"]
+
+let commandDependencies: [Target.Dependency] = [
+    "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices",
+    .product(name: "ArgumentParser", package: "swift-argument-parser"),
+]
+
 let package = Package(
     name: "swiftvmm",
-    products: [
+    products: fuzzing ? [] : [
         .executable(name: "swiftvmm", targets: ["swiftvmm"]),
     ],
     dependencies: [
@@ -66,13 +80,24 @@ let package = Package(
             "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends",
             "Devices", "Hypercalls", "CTeardown",
         ]),
-        .executableTarget(name: "swiftvmm", dependencies: [
-            "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+    ] + (fuzzing ? [] : [
+        .executableTarget(name: "swiftvmm", dependencies: commandDependencies),
         .testTarget(name: "SwiftVMMTests", dependencies: [
             "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends", "Devices", "Hypercalls",
             "Machine", "swiftvmm",
         ]),
-    ]
+    ]) + (!fuzzing ? [] : [
+        .target(name: "swiftvmm", dependencies: commandDependencies, path: "Sources/swiftvmm", exclude: ["main.swift"]),
+        .systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"),
+        .target(name: "FuzzSupport", dependencies: [
+            "CFuzzer", "Memory", "HostSupport", "Backends", "Devices", "RunControl", "KernelLoading", "X86Platform",
+        ], path: "Fuzz/Support"),
+    ] + fuzzTargets.map { name in
+        .executableTarget(name: "fuzz-\(name)", dependencies: [
+            "FuzzSupport", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports",
+            "Backends", "Devices", "swiftvmm",
+        ], path: "Fuzz/Targets/\(name)",
+        // Its @main hands the process to libFuzzer (runLibFuzzer).
+        swiftSettings: [.unsafeFlags(["-parse-as-library"])])
+    })
 )

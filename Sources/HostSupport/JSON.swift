@@ -3,6 +3,8 @@ public indirect enum JSON: Sendable, Equatable {
     case null
     case bool(Bool)
     case int(Int64)
+    /// A count or size that can use all 64 bits (an ELF segment's size is whatever the file says).
+    case uint(UInt64)
     case double(Double)
     case string(String)
     case array([JSON])
@@ -27,6 +29,7 @@ public indirect enum JSON: Sendable, Equatable {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .int(let i): out += String(i)
+        case .uint(let u): out += String(u)
         case .double(let d):
             if d.isFinite {
                 // Three decimals is plenty for milliseconds and keeps reports readable.

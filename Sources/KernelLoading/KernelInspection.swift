@@ -129,7 +129,7 @@ public struct KernelInspection: Sendable {
             ("segments", .array(segments.map {
                 .object([("virtual", .string(Diagnostics.hex($0.virtualAddress))),
                          ("physical", .string(Diagnostics.hex($0.physicalAddress))),
-                         ("file_size", .int(Int64($0.fileSize))), ("memory_size", .int(Int64($0.memorySize))),
+                         ("file_size", .uint($0.fileSize)), ("memory_size", .uint($0.memorySize)),
                          ("flags", .string("\($0.flags)"))])
             })),
             ("physical_addresses_usable", physicalAddressesUsable.map { .bool($0) } ?? .null),

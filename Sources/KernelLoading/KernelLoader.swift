@@ -99,7 +99,12 @@ public enum KernelLoader {
     public static let defaultCommandLineLimit = 2048
 
     public static func load(path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
-        let bytes = try readFile(path)
+        try load(bytes: try readFile(path), path: path, into: memory, options: options)
+    }
+
+    /// The same for a kernel already read (`path` names it in errors): the fuzz targets load
+    /// thousands of images a second without a file for each.
+    public static func load(bytes: [UInt8], path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
         guard !bytes.isEmpty else { throw .notAKernel(path: path, reason: "the file is empty") }
         let initrd = try options.initrdPath.map { p throws(BootError) in try readFile(p) }
         if let initrd, let p = options.initrdPath, initrd.isEmpty {

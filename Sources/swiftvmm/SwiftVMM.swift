@@ -156,6 +156,9 @@ struct SwiftVMM: ParsableCommand {
 
     /// Words after `--`, filled in by `main` before parsing.
     var passthrough: [String] = []
+    /// When the process started (monotonic ns), filled in by `main` like `passthrough`: the
+    /// command's sources then build without main.swift (the fuzz target parses with them).
+    var processStart: UInt64 = 0
 
     func validate() throws {
         if let unknown = guestWords.first(where: { $0.hasPrefix("-") && $0.count > 1 }) {

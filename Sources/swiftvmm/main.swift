@@ -37,6 +37,7 @@ do {
     var command = try direct ?? Root.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {
         vmm.passthrough = passthrough
+        vmm.processStart = processStart
         command = vmm
     }
     try command.run()
