@@ -145,7 +145,7 @@ struct BoundedShutdownTests {
         process.arguments = ["--timeout=11s", "32m", Repo.minimalGuest, "flood"]
         let stdout = Pipe(), stdin = Pipe()
         let stderrURL = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-flood-\(getpid()).err")
-        FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: stderrURL) }
         process.standardOutput = stdout
         process.standardError = try FileHandle(forWritingTo: stderrURL)
