@@ -73,7 +73,7 @@ struct VirtioGuestTests {
         let before = try Data(contentsOf: image)
         let r = try bootMinimal(["test=virtio-abuse"], options: ["--block=\(image.path)", "--trace=guest-errors", "--verbose"])
         expectPasses(r, ["abuse-outside-ram", "abuse-loop", "abuse-oversized", "abuse-past-end", "abuse-ro-status",
-                         "abuse-hypercall-page", "abuse-pci-hole", "abuse-recovered"])
+                         "abuse-hypercall-page", "abuse-pci-hole", "abuse-msix-vector", "abuse-recovered"])
         #expect(r.stderr.contains("is read-only memory"), "\(r.stderr)")
         #expect(r.lines.contains { $0.hasPrefix("abuse: ") && $0.contains("DEVICE_NEEDS_RESET") })
         #expect(r.stderr.contains("guest error: queue 0: chain from head"), "\(r.stderr)")

@@ -431,6 +431,32 @@ static void abuse(enum abuse_case c)
 	virtio_reset(&dev);
 }
 
+/*
+ * A queue vector the function's MSI-X table does not have: the device must
+ * read it back as NO_VECTOR (virtio 1.2, 4.1.4.3.2), so a driver knows the
+ * mapping failed rather than wait for interrupts that never come.
+ */
+static void abuse_msix_vector(void)
+{
+	volatile u16 *select = (volatile u16 *)(dev.common + 22);
+	volatile u16 *vector = (volatile u16 *)(dev.common + 26);
+	u16 got;
+
+	if (blk_start(0, IRQ_NONE) < 0) {
+		check("abuse-msix-vector", false, "device set-up failed, status 0x", virtio_status(&dev));
+		virtio_reset(&dev);
+		return;
+	}
+	*select = 0;
+	*vector = 0x55;
+	got = *vector;
+	print("abuse: queue vector 0x55 (the table has 2): reads back 0x");
+	print_hex(got);
+	print("\n");
+	check("abuse-msix-vector", got == VIRTIO_NO_VECTOR, "read back 0x", got);
+	virtio_reset(&dev);
+}
+
 int test_virtio_abuse(void)
 {
 	long bad;
@@ -443,6 +469,7 @@ int test_virtio_abuse(void)
 	}
 	for (int c = OUTSIDE_RAM; c <= PCI_HOLE; c++)
 		abuse(c);
+	abuse_msix_vector();
 
 	if (blk_start(0, IRQ_NONE) < 0) {
 		check("abuse-recovered", false, "device set-up failed, status 0x",
