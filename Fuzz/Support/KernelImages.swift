@@ -11,13 +11,14 @@ public enum KernelImageFuzz {
     /// do not fit are the `doesNotFit` path, also worth running.
     public static let memory = try! GuestMemory(size: 4 << 20)
 
-    /// A small initrd in a file, as the loader reads one from a path.
+    /// A small initrd in a file, as the loader reads one from a path; removed at exit.
     public static let initrdPath: String = {
         let path = "/tmp/swiftvmm-fuzz-initrd-\(getpid())"
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         let bytes = [UInt8](repeating: 0x42, count: 3000)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
         close(fd)
+        atexit { _ = unlink(KernelImageFuzz.initrdPath) }
         return path
     }()
 
@@ -50,13 +51,12 @@ public enum KernelImageFuzz {
         } else {
             fuzzCheck(options.initrdPath == nil, "the initrd was not placed")
         }
-        let entry: UInt64
+        // The entry mode is one the choice allows (auto: any).
         switch kernel.entry {
-        case .longMode64(let e, _): entry = e; fuzzCheck(options.entry != .linux32 && options.entry != .pvh, "linux64 entry for \(options.entry)")
-        case .protected32(let e, _): entry = e; fuzzCheck(options.entry != .linux64 && options.entry != .pvh, "linux32 entry for \(options.entry)")
-        case .pvh(let e, _): entry = e; fuzzCheck(options.entry == .pvh || options.entry == .auto, "pvh entry for \(options.entry)")
+        case .longMode64: fuzzCheck(options.entry != .linux32 && options.entry != .pvh, "linux64 entry for \(options.entry)")
+        case .protected32: fuzzCheck(options.entry != .linux64 && options.entry != .pvh, "linux32 entry for \(options.entry)")
+        case .pvh: fuzzCheck(options.entry == .pvh || options.entry == .auto, "pvh entry for \(options.entry)")
         }
-        _ = entry
         fuzzCheck(!kernel.e820.isEmpty, "an empty e820 map")
     }
 }
