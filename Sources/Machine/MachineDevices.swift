@@ -116,6 +116,8 @@ final class MachineDevices: Sendable {
                 + "\(d.counters.requests.load(ordering: .relaxed)) requests, "
                 + "\(t.interrupts.raised.load(ordering: .relaxed)) interrupts (\(t.interrupts.messagesSent.load(ordering: .relaxed)) MSI-X, "
                 + "\(t.interrupts.intxAssertions.load(ordering: .relaxed)) INTx), \(d.counters.guestErrors.load(ordering: .relaxed)) guest errors"
+            let refused = t.doorbellFailures.load(ordering: .relaxed)
+            if refused > 0 { line += ", BAR 0 moved onto a taken address \(refused) times" }
             if let blk = d as? VirtioBlock {
                 line += ", \(blk.ioErrors.load(ordering: .relaxed)) I/O errors"
                 if blk.flushFailed.load(ordering: .relaxed) { line += " (a flush failed: writes refused since)" }

@@ -58,6 +58,26 @@ struct HostileInputTests {
         #expect(decoded.text.contains("(19936 more frame lines not kept)"))
     }
 
+    @Test("a guest floods its console with oopses of 200 frames and absurd offsets: the run goes on to the guest's own status, the report keeps 64 frames of the last")
+    func oopsFloodFromGuest() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-oops-flood-\(UUID()).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let r = try bootMinimal(["oops-flood", "exit=7"], options: ["--report=\(file.path)"])
+        #expect(r.status == 7, "\(r.stderr.suffix(2000))")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as? [String: Any])
+        let oops = try #require(json["oops"] as? [String: Any])
+        let frames = try #require(oops["frames"] as? [[String: Any]])
+        // The RIP line and the first 64 frame lines of the last oops; the other 136 counted.
+        #expect(frames.count == 1 + ConsoleMonitor.maxFrames)
+        #expect(oops["frames_dropped"] as? Int == 200 - ConsoleMonitor.maxFrames)
+        #expect(r.stderr.contains("(136 more frame lines not kept)"))
+        // An offset that wraps past 2^64 from its symbol resolves to nothing; a sane one still does.
+        #expect(frames.first?["symbol"] as? String == "oops_inner" && frames.first?["file"] is NSNull)
+        #expect(frames.contains { $0["symbol"] as? String == "kmain" && $0["offset"] as? String == "0xfffffffffffffff0" && $0["file"] is NSNull })
+        #expect(frames.contains { $0["symbol"] as? String == "oops_outer" && ($0["file"] as? String)?.hasSuffix("guests/minimal/ci.c") == true })
+        #expect(frames.contains { $0["symbol"] as? String == "no_such_function" && $0["offset"] is NSNull })
+    }
+
     @Test("a bzImage whose header asks for a load address at the top of memory is exit 65 with one line")
     func absurdPreferredAddress() throws {
         try requireKVMAndGuest()

@@ -2,7 +2,7 @@
  * ci.c: modes that make the minimal guest end in each way swiftvmm's exit-code
  * contract covers (README, "Exit status"), so the host tests can produce every
  * row: debug-exit writes, the boot-complete marker, reboot and power-off, panics on the console,
- * oopses with a call trace, hangs for the timeout, and an instruction KVM
+ * oopses with a call trace (and a flood of them), hangs for the timeout, and an instruction KVM
  * cannot emulate.
  */
 #include "ci.h"
@@ -100,6 +100,29 @@ void oops_outer(void)
 	asm volatile("" ::: "memory");
 }
 
+/*
+ * A console flood of oops-shaped lines, as a hostile or broken guest may print them:
+ * 20 oopses of 200 frames each, offsets that overflow 64 bits when added to any symbol,
+ * names that are our own functions and names that are nothing.  The host keeps a bounded
+ * number of frames of the last oops, resolves what it can and goes on to the next word.
+ */
+static void oops_flood(void)
+{
+	static const char *const names[] = { "oops_outer", "kmain", "no_such_function", "run_ci_word" };
+
+	for (int oops = 0; oops < 20; oops++) {
+		print("BUG: minimal guest oops flood ");
+		print_dec(oops);
+		print("\nRIP: 0010:oops_inner+0xffffffffffffffff/0x0\nCall Trace:\n <TASK>\n");
+		for (int f = 0; f < 200; f++) {
+			print(f % 3 ? " " : " ? ");
+			print(names[f % 4]);
+			print(f % 2 ? "+0xfffffffffffffff0/0xffffffffffffffff\n" : "+0x10/0x0\n");
+		}
+		print(" </TASK>\n");
+	}
+}
+
 void panic_on_request(bool cut) __attribute__((noinline));
 
 /*
@@ -162,6 +185,8 @@ bool run_ci_word(const char *w, size_t n)
 		panic_on_request(true);		/* and on to the next word */
 	} else if (word_is(w, n, "oops")) {
 		oops_outer();
+	} else if (word_is(w, n, "oops-flood")) {
+		oops_flood();
 	} else if (word_is(w, n, "flood")) {
 		flood();
 	} else if (word_is(w, n, "hang=spin")) {

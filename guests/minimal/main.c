@@ -99,6 +99,7 @@ static const struct {
 	{ "test=blk-ro", test_blk_ro },
 	{ "test=rng", test_rng },
 	{ "test=net", test_net },
+	{ "test=net-rx-tiny", test_net_rx_tiny },
 	{ "test=virtio-abuse", test_virtio_abuse },
 };
 

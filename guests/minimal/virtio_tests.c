@@ -331,7 +331,8 @@ int test_rng(void)
 }
 
 /*
- * test=virtio-abuse.  Each case builds its descriptors by hand.  A device
+ * test=virtio-abuse (with --rng, for a second device to collide with).
+ * Each case builds its descriptors by hand.  A device
  * may answer a malformed chain with an error status or by setting
  * DEVICE_NEEDS_RESET; what it must not do is claim success, write into a
  * buffer the driver marked device-readable, or stop answering.
@@ -457,6 +458,52 @@ static void abuse_msix_vector(void)
 	virtio_reset(&dev);
 }
 
+/*
+ * Move the disk's BAR 0 onto the entropy device's, a hundred times, with
+ * memory decoding on (as a buggy or hostile driver might), then back.  The
+ * disk's doorbells cannot go where the other device's already are: the VMM
+ * must refuse that without leaving either device's doorbells half attached,
+ * and say so once, not a hundred times.  Afterwards both devices still work.
+ */
+static void abuse_bar_overlap(void)
+{
+	static struct virtio_dev rng;
+	static struct virtq rng_vq;
+	static u8 bytes[32];
+	u32 mine_lo = pci_read32(dev.devfn, PCI_BAR0), mine_hi = pci_read32(dev.devfn, PCI_BAR0 + 4);
+	u32 theirs_lo, theirs_hi, id, len = 0;
+	int r;
+
+	if (!virtio_probe(&rng, VIRTIO_ID_RNG, 0)) {
+		check("abuse-bar-overlap", false, "no virtio-rng device to collide with (--rng)", 0);
+		return;
+	}
+	theirs_lo = pci_read32(rng.devfn, PCI_BAR0);
+	theirs_hi = pci_read32(rng.devfn, PCI_BAR0 + 4);
+	for (int i = 0; i < 100; i++) {
+		pci_write32(dev.devfn, PCI_BAR0, theirs_lo);
+		pci_write32(dev.devfn, PCI_BAR0 + 4, theirs_hi);
+		pci_write32(dev.devfn, PCI_BAR0, mine_lo);
+		pci_write32(dev.devfn, PCI_BAR0 + 4, mine_hi);
+	}
+	print("abuse: the disk's BAR 0 moved onto the entropy device's 100 times, and back\n");
+
+	if (!virtio_negotiate(&rng, 0, 0) || !virtq_setup(&rng, &rng_vq, 0, &qmem[1], VIRTIO_NO_VECTOR)) {
+		check("abuse-bar-overlap", false, "entropy device set-up failed, status 0x", virtio_status(&rng));
+	} else {
+		struct vbuf b = { (u64)bytes, sizeof(bytes), true };
+
+		virtio_driver_ok(&rng);
+		virtq_submit(&rng_vq, 0, &b, 1);
+		r = virtq_wait(&rng, &rng_vq, &id, &len);
+		if (r != VQ_DONE)
+			check("abuse-bar-overlap", false, outcome_name(r), 0);
+		else
+			check("abuse-bar-overlap", len > 0 && len <= sizeof(bytes), "entropy used length ", len);
+	}
+	virtio_reset(&rng);
+}
+
 int test_virtio_abuse(void)
 {
 	long bad;
@@ -470,6 +517,7 @@ int test_virtio_abuse(void)
 	for (int c = OUTSIDE_RAM; c <= PCI_HOLE; c++)
 		abuse(c);
 	abuse_msix_vector();
+	abuse_bar_overlap();
 
 	if (blk_start(0, IRQ_NONE) < 0) {
 		check("abuse-recovered", false, "device set-up failed, status 0x",
