@@ -2,6 +2,7 @@ import Backends
 import Devices
 import Foundation
 import Glibc
+import HostSupport
 import Memory
 import Synchronization
 import Testing
@@ -216,6 +217,42 @@ struct VirtioSeamTests {
         #expect(refusing.doorbellAddresses.isEmpty)
         h.write(VirtioPCI.notifyOffset, 2, 0)                       // the kick, as an MMIO write
         #expect(h.transport.pendingKick(0))
+    }
+
+    @Test("queue enable racing a reset from another vCPU, with the device thread serving: each is one step, so a reset never leaves a queue live")
+    func enableRacesReset() throws {
+        let h = try VirtioHarness(VirtioRNG(trace: []))
+        h.start(features: Virtio.featureVersion1)
+        let stop = EventFD()
+        let device = h.transport.start(stopFD: stop.fd)
+        let transport = h.transport
+        let rounds = 20_000
+        // vCPU 1 sets queue 0 up and enables it, over and over; vCPU 2 resets the device.
+        let enabler = HostThread.start(name: "enabler") {
+            for _ in 0..<rounds {
+                transport.barWrite(0, offset: VirtioHarness.queueSelect, size: 2, value: 0)
+                transport.barWrite(0, offset: VirtioHarness.queueSize, size: 2, value: 8)
+                transport.barWrite(0, offset: VirtioHarness.queueDesc, size: 8, value: RingBuilder.desc)
+                transport.barWrite(0, offset: VirtioHarness.queueDriver, size: 8, value: RingBuilder.avail)
+                transport.barWrite(0, offset: VirtioHarness.queueDevice, size: 8, value: RingBuilder.used)
+                transport.barWrite(0, offset: VirtioHarness.queueEnable, size: 2, value: 1)
+            }
+        }
+        var disagreements = 0, liveAfterReset = 0
+        for _ in 0..<rounds {
+            transport.barWrite(0, offset: VirtioHarness.status, size: 1, value: 0)
+            let q = transport.queueState(0)
+            if q.enabled != q.active { disagreements += 1 }
+            if q.active && !q.enabled { liveAfterReset += 1 }
+        }
+        enabler.join()
+        transport.barWrite(0, offset: VirtioHarness.status, size: 1, value: 0)
+        let last = transport.queueState(0)
+        stop.signal()
+        device.join()
+        #expect(disagreements == 0, "queue_enable and the served ring disagreed \(disagreements) times")
+        #expect(liveAfterReset == 0, "a queue stayed live after a reset \(liveAfterReset) times")
+        #expect(!last.enabled && !last.active)
     }
 
     @Test("INTx lines are wired-OR: high while any function holds them, one change each way at the sink")

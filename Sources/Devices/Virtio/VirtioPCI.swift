@@ -278,6 +278,11 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
     public var msixTable: MSIXTable { interrupts.msixTable }
     public var isrStatus: UInt8 { interrupts.isr }
     public func queueIsActive(_ index: Int) -> Bool { serving.withLock { $0.queues.rings[index].isActive } }
+    /// Queue `index` as the driver set it (queue_enable) and as the device serves it, read
+    /// under both locks at once: the two agree after every register write, whichever vCPU made it.
+    public func queueState(_ index: Int) -> (enabled: Bool, active: Bool) {
+        serving.withLock { s in (link.common.withLock { $0.queues[index].enabled }, s.queues.rings[index].isActive) }
+    }
     /// Whether queue `index` has a kick its device thread has not taken yet.
     public func pendingKick(_ index: Int) -> Bool {
         var p = pollfd(fd: kicks[index].fd, events: Int16(POLLIN), revents: 0)
