@@ -43,10 +43,11 @@ public final class TapBackend: NetworkBackend {
     public var receiveFD: Int32 { fd }
 
     public func receive(into buffer: UnsafeMutableRawPointer, capacity: Int) -> Int {
-        max(0, read(fd, buffer, capacity))                // EAGAIN: nothing waiting
+        // EAGAIN: nothing waiting. Never more than asked for, whatever read says.
+        min(max(0, read(fd, buffer, capacity)), capacity)
     }
 
-    public func send(_ pieces: UnsafeBufferPointer<iovec>) -> Bool {
+    public func send(_ pieces: UnsafeBufferPointer<Glibc.iovec>) -> Bool {
         writev(fd, pieces.baseAddress, Int32(pieces.count)) >= 0
     }
 }

@@ -5,6 +5,8 @@ import RunControl
 /// with it, in one line, and maps to a documented exit code.
 public enum BootError: Error, CustomStringConvertible, Sendable {
     case unreadable(path: String, errno: Int32)
+    /// A FIFO, a device, a socket: a FIFO nobody writes would block the open for ever.
+    case notAFile(path: String)
     case notAKernel(path: String, reason: String)
     case unsupported(path: String, reason: String)
     case doesNotFit(path: String, reason: String)
@@ -13,6 +15,7 @@ public enum BootError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case .unreadable(let path, let e): return "\(path): \(String(cString: strerror(e)))"
+        case .notAFile(let path): return "\(path): not a regular file"
         case .notAKernel(let path, let reason): return "\(path): not a kernel image: \(reason)"
         case .unsupported(let path, let reason): return "\(path): \(reason)"
         case .doesNotFit(let path, let reason): return "\(path): \(reason)"
@@ -23,7 +26,7 @@ public enum BootError: Error, CustomStringConvertible, Sendable {
 
     public var exitCode: Int32 {
         switch self {
-        case .unreadable: return ExitStatus.unreadableFile
+        case .unreadable, .notAFile: return ExitStatus.unreadableFile
         case .notAKernel, .unsupported, .doesNotFit: return ExitStatus.malformedImage
         case .commandLineTooLong: return ExitStatus.usage
         }
@@ -33,12 +36,14 @@ public enum BootError: Error, CustomStringConvertible, Sendable {
 /// Read a whole file. Kernels are tens of MiB at most; reading beats mapping for simplicity
 /// and means a file changed underneath us cannot fault the VMM.
 public func readFile(_ path: String, limit: Int = 1 << 31) throws(BootError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
     defer { close(fd) }
     var st = stat()
     guard fstat(fd, &st) == 0 else { throw .unreadable(path: path, errno: errno) }
     guard st.st_mode & S_IFMT != S_IFDIR else { throw .unreadable(path: path, errno: EISDIR) }
+    guard st.st_mode & S_IFMT == S_IFREG else { throw .notAFile(path: path) }
     guard st.st_size <= limit else {
         throw .doesNotFit(path: path, reason: "file is \(st.st_size) bytes, larger than any image swiftvmm loads")
     }

@@ -108,7 +108,7 @@ public enum KernelLoader {
         guard !bytes.isEmpty else { throw .notAKernel(path: path, reason: "the file is empty") }
         let initrd = try options.initrdPath.map { p throws(BootError) in try readFile(p) }
         if let initrd, let p = options.initrdPath, initrd.isEmpty {
-            throw .notAKernel(path: p, reason: "the initrd is empty")
+            throw .unsupported(path: p, reason: "the initrd is empty")
         }
         var options = options
         if ELFImage.isELF(bytes) {

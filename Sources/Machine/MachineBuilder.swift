@@ -109,7 +109,7 @@ enum MachineBuilder {
         }
         var logFD: Int32?
         if let path = config.consoleLogPath {
-            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            let fd = openOutputFile(path)
             guard fd >= 0 else { throw .usage("--console-log=\(path): \(errorString(errno))") }
             logFD = fd
         }
@@ -119,6 +119,8 @@ enum MachineBuilder {
     /// /dev/kvm and a VM (its interrupt controllers come after its memory: see `guestRAM`).
     static func kvm(_ config: MachineConfig) throws(MachineError) -> (KVMHost, VirtualMachine) {
         guard config.cpus >= 1 else { throw .usage("--cpus must be at least 1") }
+        // The MP table and MADT give each CPU an 8-bit local APIC ID, and the I/O APIC the next.
+        guard config.cpus <= MachineConfig.maxCPUs else { throw .usage("--cpus can be at most \(MachineConfig.maxCPUs)") }
         return try kvmStep { () throws -> (KVMHost, VirtualMachine) in
             let host = try KVMHost()
             if config.cpus > host.recommendedVCPUs {

@@ -8,6 +8,8 @@ public struct MachineConfig: Sendable {
     public var kernelPath: String
     public var commandLine: String
     public var cpus: Int = 1
+    /// xAPIC IDs are 8 bits: CPUs 0...253, the I/O APIC 254 (255 is broadcast).
+    public static let maxCPUs = 254
     public var trace: TraceOptions = []
     public var verbose = false
     /// Feed stdin to the serial port (off for tests that run many VMs in one process).

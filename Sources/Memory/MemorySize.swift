@@ -68,9 +68,12 @@ public struct MemorySize: Equatable, Sendable, CustomStringConvertible {
     public static func format(_ bytes: UInt64) -> String {
         let units: [(UInt64, String)] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
         for (scale, name) in units where bytes >= scale {
-            if bytes % scale == 0 { return "\(bytes / scale) \(name)" }
-            let tenths = (bytes * 10 + scale / 2) / scale
-            return "\(tenths / 10).\(tenths % 10) \(name)"
+            var whole = bytes / scale
+            if bytes % scale == 0 { return "\(whole) \(name)" }
+            // Rounded to a tenth from the remainder: bytes * 10 would overflow past 1.6 EiB.
+            var tenths = (bytes % scale * 10 + scale / 2) / scale
+            if tenths == 10 { whole += 1; tenths = 0 }
+            return "\(whole).\(tenths) \(name)"
         }
         return "\(bytes) bytes"
     }

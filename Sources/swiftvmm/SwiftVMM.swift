@@ -217,6 +217,16 @@ struct SwiftVMM: ParsableCommand {
         trace.reduce(into: TraceOptions()) { $0.formUnion(TraceOptions(parsing: $1) ?? []) }
     }
 
+    /// Why `path` is not a regular file swiftvmm can read, or nil if it is one.
+    static func unreadableFileProblem(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)     // a FIFO: no wait for a writer
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return String(cString: strerror(errno)) }
+        return st.st_mode & S_IFMT == S_IFREG ? nil : "not a regular file"
+    }
+
     func run() throws {
         let size: MemorySize
         do {
@@ -238,12 +248,19 @@ struct SwiftVMM: ParsableCommand {
         config.debugExitPort = debugExit.flatMap(Self.parsePort)
         config.systemMapPath = systemMap
         config.debugVmlinuxPath = debugVmlinux
+        // Read only if the run ends in a crash or an oops: a bad path is said now, not then.
+        for (flag, path) in [("--system-map", systemMap), ("--debug-vmlinux", debugVmlinux)] {
+            guard let path else { continue }
+            if let problem = Self.unreadableFileProblem(path) {
+                fail("\(flag)=\(path): \(problem)", code: ExitStatus.unreadableFile)
+            }
+        }
         config.startTime = processStart
 
         // The report file is opened now, so an unwritable path fails before the guest runs.
         var reportFD: Int32 = -1
         if let path = report {
-            reportFD = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            reportFD = openOutputFile(path)
             if reportFD < 0 { fail("--report=\(path): \(String(cString: strerror(errno)))", code: ExitStatus.usage) }
         }
         config.virtio = (try? virtioConfig()) ?? VirtioConfig()

@@ -78,6 +78,42 @@ struct HostileInputTests {
         #expect(frames.contains { $0["symbol"] as? String == "no_such_function" && $0["offset"] is NSNull })
     }
 
+    @Test("a memory size near 2^64 bytes is refused with one line (64), not a trap in formatting it; --cpus past the 8-bit APIC IDs is 64")
+    func absurdMemoryAndCPUs() throws {
+        try requireKVMAndGuest()
+        #expect(MemorySize.format(UInt64.max) == "16777216.0 TiB")
+        #expect(MemorySize.format((1 << 40) + (1 << 39)) == "1.5 TiB")
+        for size in ["17592186044415m", "2000000000001m"] {
+            let r = try runVMM([size, Repo.minimalGuest])
+            #expect(r.status == 64, "\(size): exit \(r.status): \(r.stderr)")
+            #expect(r.stderr.contains("is more than this host has"), "\(r.stderr)")
+        }
+        let cpus = try runVMM(["--cpus", "255", "32m", Repo.minimalGuest])
+        #expect(cpus.status == 64 && cpus.stderr.contains("--cpus can be at most 254"), "\(cpus.stderr)")
+    }
+
+    @Test("a FIFO nobody writes or reads given as kernel, --initrd, --system-map, --debug-vmlinux, --report or --console-log: one line at once, no hang")
+    func fifoPaths() throws {
+        try requireKVMAndGuest()
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("swiftvmm-fifo-\(UUID())").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let cases: [([String], Int32, String)] = [
+            (["32m", fifo], 66, "\(fifo): not a regular file"),
+            (["--initrd=\(fifo)", "32m", Repo.minimalGuest], 66, "\(fifo): not a regular file"),
+            (["--system-map=\(fifo)", "32m", Repo.minimalGuest, "exit=0"], 66, "--system-map=\(fifo): not a regular file"),
+            (["--debug-vmlinux=\(fifo)", "32m", Repo.minimalGuest, "exit=0"], 66, "--debug-vmlinux=\(fifo): not a regular file"),
+            (["--report=\(fifo)", "32m", Repo.minimalGuest, "exit=0"], 64, "--report=\(fifo): "),
+            (["--console-log=\(fifo)", "32m", Repo.minimalGuest, "exit=0"], 64, "--console-log=\(fifo): "),
+            (["inspect", fifo], 66, "\(fifo): not a regular file"),
+        ]
+        for (args, status, line) in cases {
+            let r = try runVMM(args, timeout: 20)
+            #expect(r.status == status, "\(args): exit \(r.status): \(r.stderr)")
+            #expect(r.stderr.contains(line), "\(args): \(r.stderr)")
+        }
+    }
+
     @Test("a bzImage whose header asks for a load address at the top of memory is exit 65 with one line")
     func absurdPreferredAddress() throws {
         try requireKVMAndGuest()

@@ -174,16 +174,18 @@ public final class VirtioNet: VirtioDeviceModel {
         var used: [(head: UInt16, length: UInt32)] = []
         var offset = 0
         while offset < p.length {
+            if used.count == Int(queues.rings[Self.rxQueue].size) {
+                // As many buffers as the ring holds and the frame still does not fit: no amount
+                // of waiting helps (and a guest re-posting buffers as we take them must not feed
+                // this loop for ever). Drop it; the buffers stay posted.
+                queues.rings[Self.rxQueue].unpop(UInt16(used.count))
+                framesDropped.wrappingAdd(1, ordering: .relaxed)
+                counters.guestError("a \(p.length)-byte frame is larger than the whole receive ring can hold")
+                return .dropped
+            }
             do throws(VirtqueueError) {
                 guard try queues.rings[Self.rxQueue].pop(into: &chain) else {
                     queues.rings[Self.rxQueue].unpop(UInt16(used.count))   // keep them for when more arrive
-                    if used.count >= Int(queues.rings[Self.rxQueue].size) {
-                        // Every buffer the ring can hold is posted and the frame still does
-                        // not fit: no amount of waiting helps. Drop it; the buffers stay posted.
-                        framesDropped.wrappingAdd(1, ordering: .relaxed)
-                        counters.guestError("a \(p.length)-byte frame is larger than the whole receive ring can hold")
-                        return .dropped
-                    }
                     return .noBuffers
                 }
             } catch {
