@@ -66,6 +66,16 @@ struct VirtioGuestTests {
         expectPasses(try bootMinimal(["test=rng"], options: ["--rng"]), ["rng-read"])
     }
 
+    @Test("test=virtio-race with --cpus 2: queue enable on one vCPU against resets on the other; no crash or deadlock, a queue not enabled again is left alone, the disk works after")
+    func enableRacesResetFromTwoVCPUs() throws {
+        let image = try makeImage(sectors: 64)
+        defer { try? FileManager.default.removeItem(at: image) }
+        let r = try bootMinimal(["test=virtio-race"], options: ["--cpus", "2", "--block=\(image.path)", "--timeout=60s"])
+        expectPasses(r, ["race-second-vcpu", "race-rounds", "race-reset-holds", "race-recovered"])
+        #expect(r.status == 0, "exit \(r.status): \(r.stderr.suffix(2000))")
+        #expect(r.lines.contains("race: queue_enable reads 0, used index 0 -> 0, status byte 0xff"), "\(r.stdout)")
+    }
+
     @Test("test=virtio-abuse: the VMM survives every bad request, reports it, the guest sees IOERR or NEEDS_RESET")
     func abuse() throws {
         let image = try makeImage(sectors: 64)

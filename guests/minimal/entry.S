@@ -237,11 +237,100 @@ idt_desc:
 	.word	idt_end - idt - 1
 	.quad	idt
 
+/*
+ * A second vCPU (smp.c).  The BSP copies the trampoline below to AP_BASE in
+ * low memory and sends INIT and two SIPIs with vector AP_BASE >> 12: the AP
+ * starts there in real mode with %cs = AP_BASE >> 4.  It loads the
+ * trampoline's own GDT (a 32-bit code segment, which ours lacks), enters
+ * protected mode, then long mode on our page tables as start32_pvh does, and
+ * jumps to ap_entry64 in the image, which switches to our GDT and IDT and
+ * calls ap_main() on its own stack.  Offsets in the trampoline are taken
+ * relative to its start, since it runs from the copy.
+ */
+#define AP_BASE		0x10000
+#define AP_CS32		0x08
+#define AP_CS64		0x10
+#define AP_DS		0x18
+#define TRAMPOLINE(sym)	(AP_BASE + (sym) - ap_trampoline)
+
+	.section .text
+	.code16
+	.balign	16
+	.globl	ap_trampoline, ap_trampoline_end
+ap_trampoline:
+	cli
+	movw	%cs, %ax
+	movw	%ax, %ds
+	lgdtl	ap_gdt_desc - ap_trampoline
+	movl	%cr0, %eax
+	orl	$1, %eax		/* PE */
+	movl	%eax, %cr0
+	ljmpl	$AP_CS32, $TRAMPOLINE(ap32)
+
+	.code32
+ap32:
+	movl	$AP_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	movl	%cr4, %eax
+	orl	$CR4_PAE, %eax
+	movl	%eax, %cr4
+	movl	$pml4, %eax
+	movl	%eax, %cr3
+	movl	$MSR_EFER, %ecx
+	rdmsr
+	orl	$EFER_LME, %eax
+	wrmsr
+	movl	%cr0, %eax
+	orl	$CR0_PG, %eax
+	movl	%eax, %cr0
+	ljmp	$AP_CS64, $TRAMPOLINE(ap64_low)
+
+	.code64
+ap64_low:
+	movabsq	$ap_entry64, %rax
+	jmp	*%rax
+
+	.balign	8
+ap_gdt:
+	.quad	0
+	.quad	0x00cf9a000000ffff	/* 32-bit code, flat */
+	.quad	0x00af9a000000ffff	/* 64-bit code */
+	.quad	0x00cf92000000ffff	/* data, flat */
+ap_gdt_desc:
+	.word	ap_gdt_desc - ap_gdt - 1
+	.long	TRAMPOLINE(ap_gdt)
+ap_trampoline_end:
+
+ap_entry64:
+	movl	$ap_stack_top, %esp	/* the far return below pushes */
+	lgdt	gdt_desc(%rip)
+	pushq	$KERNEL_CS
+	pushq	$ap_common
+	lretq
+ap_common:
+	movl	$KERNEL_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %fs
+	movl	%eax, %gs
+	movl	%eax, %ss
+	movl	$ap_stack_top, %esp
+	lidt	idt_desc(%rip)
+	xorl	%ebp, %ebp
+	call	ap_main
+1:	cli
+	hlt
+	jmp	1b
+
 /* 16 KiB of stack.  .bss is zeroed by the loader (memsz > filesz). */
 	.bss
 	.balign	16
 stack:
 	.skip	16384
 stack_top:
+	.skip	8192
+ap_stack_top:			/* the second vCPU's, 8 KiB */
 
 	.section .note.GNU-stack, "", @progbits

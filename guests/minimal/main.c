@@ -101,6 +101,7 @@ static const struct {
 	{ "test=net", test_net },
 	{ "test=net-rx-tiny", test_net_rx_tiny },
 	{ "test=virtio-abuse", test_virtio_abuse },
+	{ "test=virtio-race", test_virtio_race },
 };
 
 static bool tests_ran;

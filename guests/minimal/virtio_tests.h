@@ -12,6 +12,8 @@ int test_blk(void);
 int test_blk_ro(void);
 int test_rng(void);
 int test_virtio_abuse(void);
+/* Queue enable on one vCPU racing resets on the other (--cpus 2). */
+int test_virtio_race(void);
 
 /* msix=off on the command line: test=blk proves INTx instead of MSI-X. */
 extern bool virtio_msix_off;
