@@ -36,6 +36,26 @@
 #define PTE_W		0x002
 #define PTE_PS		0x080		/* in a page directory entry: 2 MiB page */
 
+/*
+ * From 32-bit protected mode with paging off to long mode (compatibility
+ * mode until the far jump that follows): PAE on, %cr3 at our tables, EFER.LME,
+ * paging on.  Clobbers %eax, %ecx and %edx.
+ */
+.macro ENTER_LONG_MODE
+	movl	%cr4, %eax
+	orl	$CR4_PAE, %eax
+	movl	%eax, %cr4
+	movl	$pml4, %eax
+	movl	%eax, %cr3
+	movl	$MSR_EFER, %ecx
+	rdmsr
+	orl	$EFER_LME, %eax
+	wrmsr
+	movl	%cr0, %eax
+	orl	$CR0_PG, %eax
+	movl	%eax, %cr0
+.endm
+
 	.section .text.entry, "ax"
 
 /*
@@ -72,18 +92,7 @@ start64:
 	.globl start32_pvh
 start32_pvh:
 	lgdt	gdt_desc		/* in 32-bit mode this reads a 32-bit base */
-	movl	%cr4, %eax
-	orl	$CR4_PAE, %eax
-	movl	%eax, %cr4
-	movl	$pml4, %eax
-	movl	%eax, %cr3
-	movl	$MSR_EFER, %ecx
-	rdmsr				/* clobbers %edx, not %ebx */
-	orl	$EFER_LME, %eax
-	wrmsr
-	movl	%cr0, %eax
-	orl	$CR0_PG, %eax
-	movl	%eax, %cr0
+	ENTER_LONG_MODE			/* keeps %ebx */
 	ljmp	$KERNEL_CS, $pvh64
 
 	.code64
@@ -273,18 +282,7 @@ ap32:
 	movl	%eax, %ds
 	movl	%eax, %es
 	movl	%eax, %ss
-	movl	%cr4, %eax
-	orl	$CR4_PAE, %eax
-	movl	%eax, %cr4
-	movl	$pml4, %eax
-	movl	%eax, %cr3
-	movl	$MSR_EFER, %ecx
-	rdmsr
-	orl	$EFER_LME, %eax
-	wrmsr
-	movl	%cr0, %eax
-	orl	$CR0_PG, %eax
-	movl	%eax, %cr0
+	ENTER_LONG_MODE
 	ljmp	$AP_CS64, $TRAMPOLINE(ap64_low)
 
 	.code64

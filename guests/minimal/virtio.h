@@ -180,6 +180,53 @@ bool virtq_poll(struct virtq *vq, u32 *id, u32 *len);
  */
 void virtio_cfg_read(struct virtio_dev *d, unsigned off, void *buf, unsigned n);
 
+/* struct virtio_pci_common_cfg, by offset. */
+#define CC_DFSELECT	0x00	/* le32 device_feature_select */
+#define CC_DF		0x04	/* le32 device_feature */
+#define CC_GFSELECT	0x08	/* le32 driver_feature_select */
+#define CC_GF		0x0c	/* le32 driver_feature */
+#define CC_MSIX		0x10	/* le16 config_msix_vector */
+#define CC_NUMQ		0x12	/* le16 num_queues */
+#define CC_STATUS	0x14	/* u8 device_status */
+#define CC_GENERATION	0x15	/* u8 config_generation */
+#define CC_Q_SELECT	0x16	/* le16 */
+#define CC_Q_SIZE	0x18	/* le16 */
+#define CC_Q_MSIX	0x1a	/* le16 */
+#define CC_Q_ENABLE	0x1c	/* le16 */
+#define CC_Q_NOFF	0x1e	/* le16 queue_notify_off */
+#define CC_Q_DESCLO	0x20	/* le64 split in two le32s, low first */
+#define CC_Q_DESCHI	0x24
+#define CC_Q_AVAILLO	0x28
+#define CC_Q_AVAILHI	0x2c
+#define CC_Q_USEDLO	0x30
+#define CC_Q_USEDHI	0x34
+
+/* Common-configuration accesses: each one an MMIO exit to the VMM. */
+static inline void cc_write8(struct virtio_dev *d, unsigned off, u8 v)
+{
+	d->common[off] = v;
+}
+
+static inline void cc_write16(struct virtio_dev *d, unsigned off, u16 v)
+{
+	*(volatile u16 *)(d->common + off) = v;
+}
+
+static inline void cc_write32(struct virtio_dev *d, unsigned off, u32 v)
+{
+	*(volatile u32 *)(d->common + off) = v;
+}
+
+static inline u16 cc_read16(struct virtio_dev *d, unsigned off)
+{
+	return *(volatile u16 *)(d->common + off);
+}
+
+static inline u32 cc_read32(struct virtio_dev *d, unsigned off)
+{
+	return *(volatile u32 *)(d->common + off);
+}
+
 /* Timing for the waits: the TSC, which the emulator can run. */
 static inline u64 rdtsc(void)
 {

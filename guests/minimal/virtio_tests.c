@@ -433,6 +433,26 @@ static void abuse(enum abuse_case c)
 	virtio_reset(&dev);
 }
 
+/* After the damage: a fresh set-up and a read of sector 0 work, with the right bytes. */
+static void check_recovered(const char *name)
+{
+	long bad;
+	int st;
+
+	if (blk_start(0, IRQ_NONE) < 0) {
+		check(name, false, "device set-up failed, status 0x", virtio_status(&dev));
+	} else {
+		memset(blk_buf, 0, SECTOR);
+		st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, SECTOR, false);
+		bad = differs(blk_buf, 0, 1, 0);
+		if (st != VIRTIO_BLK_S_OK)
+			check_status(name, st, VIRTIO_BLK_S_OK);
+		else
+			check(name, bad < 0, "first wrong byte at offset ", bad);
+	}
+	virtio_reset(&dev);
+}
+
 /*
  * A queue vector the function's MSI-X table does not have: the device must
  * read it back as NO_VECTOR (virtio 1.2, 4.1.4.3.2), so a driver knows the
@@ -440,8 +460,6 @@ static void abuse(enum abuse_case c)
  */
 static void abuse_msix_vector(void)
 {
-	volatile u16 *select = (volatile u16 *)(dev.common + 22);
-	volatile u16 *vector = (volatile u16 *)(dev.common + 26);
 	u16 got;
 
 	if (blk_start(0, IRQ_NONE) < 0) {
@@ -449,9 +467,9 @@ static void abuse_msix_vector(void)
 		virtio_reset(&dev);
 		return;
 	}
-	*select = 0;
-	*vector = 0x55;
-	got = *vector;
+	cc_write16(&dev, CC_Q_SELECT, 0);
+	cc_write16(&dev, CC_Q_MSIX, 0x55);
+	got = cc_read16(&dev, CC_Q_MSIX);
 	print("abuse: queue vector 0x55 (the table has 2): reads back 0x");
 	print_hex(got);
 	print("\n");
@@ -507,9 +525,6 @@ static void abuse_bar_overlap(void)
 
 int test_virtio_abuse(void)
 {
-	long bad;
-	int st;
-
 	check_failures = 0;
 	if (!find_blk(false)) {
 		print("FAIL virtio-abuse: no writable virtio-blk device\n");
@@ -520,19 +535,7 @@ int test_virtio_abuse(void)
 	abuse_msix_vector();
 	abuse_bar_overlap();
 
-	if (blk_start(0, IRQ_NONE) < 0) {
-		check("abuse-recovered", false, "device set-up failed, status 0x",
-		      virtio_status(&dev));
-	} else {
-		memset(blk_buf, 0, SECTOR);
-		st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, SECTOR, false);
-		bad = differs(blk_buf, 0, 1, 0);
-		if (st != VIRTIO_BLK_S_OK)
-			check_status("abuse-recovered", st, VIRTIO_BLK_S_OK);
-		else
-			check("abuse-recovered", bad < 0, "first wrong byte at offset ", bad);
-	}
-	virtio_reset(&dev);
+	check_recovered("abuse-recovered");
 	return check_failures;
 }
 
@@ -551,9 +554,6 @@ int test_virtio_abuse(void)
 
 static volatile bool race_go, race_done;
 
-static void cc16(unsigned off, u16 v) { *(volatile u16 *)(dev.common + off) = v; }
-static void cc32(unsigned off, u32 v) { *(volatile u32 *)(dev.common + off) = v; }
-
 /* On the second vCPU. */
 static void race_enabler(void)
 {
@@ -562,13 +562,13 @@ static void race_enabler(void)
 	while (!race_go)
 		asm volatile("pause");
 	for (int i = 0; i < RACE_ROUNDS; i++) {
-		cc16(0x16, 0);				/* queue_select */
-		cc16(0x18, 8);				/* queue_size */
-		for (int r = 0; r < 3; r++) {
-			cc32(0x20 + 8 * r, (u32)rings[r]);
-			cc32(0x24 + 8 * r, (u32)(rings[r] >> 32));
+		cc_write16(&dev, CC_Q_SELECT, 0);
+		cc_write16(&dev, CC_Q_SIZE, 8);
+		for (int r = 0; r < 3; r++) {		/* descriptors, driver and device areas */
+			cc_write32(&dev, CC_Q_DESCLO + 8 * r, (u32)rings[r]);
+			cc_write32(&dev, CC_Q_DESCHI + 8 * r, (u32)(rings[r] >> 32));
 		}
-		cc16(0x1c, 1);				/* queue_enable */
+		cc_write16(&dev, CC_Q_ENABLE, 1);
 	}
 	race_done = true;
 }
@@ -578,8 +578,6 @@ int test_virtio_race(void)
 	struct virtq_desc *d = qmem[0].desc;
 	volatile u16 *notify;
 	u16 used_before;
-	long bad;
-	int st;
 
 	check_failures = 0;
 	if (!find_blk(false)) {
@@ -595,7 +593,7 @@ int test_virtio_race(void)
 	print("PASS race-second-vcpu\n");
 	race_go = true;
 	for (int i = 0; i < RACE_ROUNDS; i++)
-		*(volatile u8 *)(dev.common + 0x14) = 0;	/* device_status: reset */
+		cc_write8(&dev, CC_STATUS, 0);		/* reset, without waiting */
 	for (u64 end = rdtsc() + (1ULL << 34); !race_done && rdtsc() < end;)
 		asm volatile("pause");
 	check("race-rounds", race_done, "the second vCPU did not finish its rounds", 0);
@@ -607,8 +605,8 @@ int test_virtio_race(void)
 		virtio_reset(&dev);
 		return check_failures;
 	}
-	cc16(0x16, 0);
-	notify = (volatile u16 *)(dev.notify_base + *(volatile u16 *)(dev.common + 0x1e) * dev.notify_mult);
+	cc_write16(&dev, CC_Q_SELECT, 0);
+	notify = (volatile u16 *)(dev.notify_base + cc_read16(&dev, CC_Q_NOFF) * dev.notify_mult);
 	/* A read of sector 0 on the race's rings, which the driver has not enabled since. */
 	blk_hdr.type = VIRTIO_BLK_T_IN;
 	blk_hdr.reserved = 0;
@@ -626,7 +624,7 @@ int test_virtio_race(void)
 	for (u64 end = rdtsc() + (1ULL << 29); rdtsc() < end;)
 		asm volatile("pause");
 	print("race: queue_enable reads ");
-	print_dec(*(volatile u16 *)(dev.common + 0x1c));
+	print_dec(cc_read16(&dev, CC_Q_ENABLE));
 	print(", used index ");
 	print_dec(used_before);
 	print(" -> ");
@@ -634,22 +632,11 @@ int test_virtio_race(void)
 	print(", status byte 0x");
 	print_hex(blk_status);
 	print("\n");
-	check("race-reset-holds", *(volatile u16 *)(dev.common + 0x1c) == 0 &&
+	check("race-reset-holds", cc_read16(&dev, CC_Q_ENABLE) == 0 &&
 	      qmem[0].used.idx == used_before && blk_status == 0xff,
 	      "the device served a queue the driver did not enable, status 0x", blk_status);
 	virtio_reset(&dev);
 
-	if (blk_start(0, IRQ_NONE) < 0) {
-		check("race-recovered", false, "device set-up failed, status 0x", virtio_status(&dev));
-	} else {
-		memset(blk_buf, 0, SECTOR);
-		st = blk_request(VIRTIO_BLK_T_IN, 0, blk_buf, SECTOR, false);
-		bad = differs(blk_buf, 0, 1, 0);
-		if (st != VIRTIO_BLK_S_OK)
-			check_status("race-recovered", st, VIRTIO_BLK_S_OK);
-		else
-			check("race-recovered", bad < 0, "first wrong byte at offset ", bad);
-	}
-	virtio_reset(&dev);
+	check_recovered("race-recovered");
 	return check_failures;
 }
