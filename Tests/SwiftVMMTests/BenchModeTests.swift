@@ -69,22 +69,7 @@ struct BenchModeTests {
     func netReceive() throws {
         try requireKVMAndGuest()
         let ns = try VirtioGuestTests.Namespace(tap: "tap0")
-        // Broadcast frames through the tap, in bursts, until killed.
-        let sender = Process()
-        sender.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        sender.arguments = ["netns", "exec", ns.name, "python3", "-c", """
-            import socket, time
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            s.bind(("tap0", 0))
-            frame = b"\\xff" * 6 + bytes.fromhex("020000000001") + b"\\x88\\xb5" + bytes(1500)
-            while True:
-                for _ in range(64):
-                    try: s.send(frame)
-                    except OSError: pass
-                time.sleep(0.001)
-            """]
-        try sender.run()
-        // SIGKILL: the child inherits the test thread's blocked signals, SIGTERM among them.
+        let sender = try ns.floodTap("tap0", burst: 64, pause: 0.001)
         defer { kill(sender.processIdentifier, SIGKILL); sender.waitUntilExit() }
         let r = try runVMM(["32m", Repo.minimalGuest, "bench=net-rx:\(Self.mib)", "--tunnet=tap0"],
                            launcher: ["/usr/sbin/ip", "netns", "exec", ns.name])

@@ -132,6 +132,28 @@ struct VirtioGuestTests {
         }
         deinit { try? Self.ip(["netns", "del", name]) }
 
+        /// A sender inside the namespace that floods `tap` with 1514-byte broadcast frames
+        /// (Ethernet type 0x88b5), `burst` at a time with `pause` seconds between, until it is
+        /// killed: with SIGKILL, as the child inherits the test thread's blocked signals,
+        /// SIGTERM among them.
+        func floodTap(_ tap: String, burst: Int, pause: Double) throws -> Process {
+            let sender = Process()
+            sender.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            sender.arguments = ["netns", "exec", name, "python3", "-c", """
+                import socket, time
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                s.bind(("\(tap)", 0))
+                frame = b"\\xff" * 6 + bytes.fromhex("020000000001") + b"\\x88\\xb5" + bytes(1500)
+                while True:
+                    for _ in range(\(burst)):
+                        try: s.send(frame)
+                        except OSError: pass
+                    time.sleep(\(pause))
+                """]
+            try sender.run()
+            return sender
+        }
+
         static func ip(_ args: [String]) throws {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
@@ -163,22 +185,7 @@ struct VirtioGuestTests {
     func netReceiveTinyBuffers() throws {
         try requireKVMAndGuest()
         let ns = try Namespace(tap: "tap0")
-        // 1514-byte frames (type 0x88b5) through the tap, in bursts, until killed.
-        let sender = Process()
-        sender.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        sender.arguments = ["netns", "exec", ns.name, "python3", "-c", """
-            import socket, time
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            s.bind(("tap0", 0))
-            frame = b"\\xff" * 6 + bytes.fromhex("020000000001") + b"\\x88\\xb5" + bytes(1500)
-            while True:
-                for _ in range(16):
-                    try: s.send(frame)
-                    except OSError: pass
-                time.sleep(0.005)
-            """]
-        try sender.run()
-        // SIGKILL: the child inherits the test thread's blocked signals, SIGTERM among them.
+        let sender = try ns.floodTap("tap0", burst: 16, pause: 0.005)
         defer { kill(sender.processIdentifier, SIGKILL); sender.waitUntilExit() }
         let r = try runVMM(["--verbose", "--trace=guest-errors", "--timeout=60s", "32m", Repo.minimalGuest, "test=net-rx-tiny", "--tunnet=tap0"],
                            launcher: ["/usr/sbin/ip", "netns", "exec", ns.name])
