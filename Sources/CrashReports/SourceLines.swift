@@ -1,5 +1,6 @@
 import CLibElf
 import Glibc
+import HostSupport
 
 /// Source file and line for a code address, from a kernel's DWARF line tables (libdw):
 /// what `addr2line -e vmlinux` and `gdb`'s `list *(func+0x77)` do by hand.
@@ -10,13 +11,8 @@ public final class SourceLines: @unchecked Sendable {
 
     /// nil if the file cannot be opened or has no DWARF.
     public init?(path: String) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)    // a FIFO: no wait for a writer
-        guard fd >= 0 else { return nil }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
-            close(fd)
-            return nil
-        }
+        guard case .success(let file) = openInputFile(path) else { return nil }
+        let fd = file.fd
         elf_version(UInt32(EV_CURRENT))
         guard let d = dwarf_begin(fd, DWARF_C_READ) else {
             close(fd)

@@ -1,5 +1,38 @@
 import Glibc
 
+/// Why a file swiftvmm reads (a kernel, an initrd, symbols) cannot be opened.
+public enum InputFileError: Error, Equatable, CustomStringConvertible {
+    case system(Int32)
+    /// A FIFO, a device, a socket.
+    case notRegular
+
+    public var description: String {
+        switch self {
+        case .system(let e): return String(cString: strerror(e))
+        case .notRegular: return "not a regular file"
+        }
+    }
+}
+
+/// Open `path` for reading if it is a regular file: its fd and size. Non-blocking, so a FIFO
+/// nobody writes fails now instead of blocking the open for ever (regular files ignore the flag).
+public func openInputFile(_ path: String) -> Result<(fd: Int32, size: Int), InputFileError> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    guard fd >= 0 else { return .failure(.system(errno)) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else {
+        let e = errno
+        close(fd)
+        return .failure(.system(e))
+    }
+    let type = st.st_mode & S_IFMT
+    guard type == S_IFREG else {
+        close(fd)
+        return .failure(type == S_IFDIR ? .system(EISDIR) : .notRegular)
+    }
+    return .success((fd, Int(st.st_size)))
+}
+
 /// Create or truncate `path` for swiftvmm's own output (--report, --console-log). A FIFO is
 /// fine if someone reads it; one nobody reads must fail now (ENXIO), not block the open for
 /// ever, so it is opened non-blocking and then made blocking again for the writes.

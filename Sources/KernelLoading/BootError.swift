@@ -1,4 +1,5 @@
 import Glibc
+import HostSupport
 import RunControl
 
 /// Why a kernel (or initrd) cannot be booted. Each case names the file and what is wrong
@@ -36,18 +37,17 @@ public enum BootError: Error, CustomStringConvertible, Sendable {
 /// Read a whole file. Kernels are tens of MiB at most; reading beats mapping for simplicity
 /// and means a file changed underneath us cannot fault the VMM.
 public func readFile(_ path: String, limit: Int = 1 << 31) throws(BootError) -> [UInt8] {
-    // O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag).
-    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-    guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
-    defer { close(fd) }
-    var st = stat()
-    guard fstat(fd, &st) == 0 else { throw .unreadable(path: path, errno: errno) }
-    guard st.st_mode & S_IFMT != S_IFDIR else { throw .unreadable(path: path, errno: EISDIR) }
-    guard st.st_mode & S_IFMT == S_IFREG else { throw .notAFile(path: path) }
-    guard st.st_size <= limit else {
-        throw .doesNotFit(path: path, reason: "file is \(st.st_size) bytes, larger than any image swiftvmm loads")
+    let (fd, size): (Int32, Int)
+    switch openInputFile(path) {
+    case .success(let file): (fd, size) = file
+    case .failure(.system(let e)): throw .unreadable(path: path, errno: e)
+    case .failure(.notRegular): throw .notAFile(path: path)
     }
-    var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+    defer { close(fd) }
+    guard size <= limit else {
+        throw .doesNotFit(path: path, reason: "file is \(size) bytes, larger than any image swiftvmm loads")
+    }
+    var bytes = [UInt8](repeating: 0, count: size)
     var done = 0
     while done < bytes.count {
         let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }

@@ -65,11 +65,9 @@ extension GuestMachine {
     }
 
     func isELF(_ path: String) -> Bool {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)    // a FIFO: no wait for a writer
-        guard fd >= 0 else { return false }
+        guard case .success(let file) = openInputFile(path) else { return false }
+        let fd = file.fd
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return false }
         var magic: UInt32 = 0
         return read(fd, &magic, 4) == 4 && magic == 0x464C_457F
     }

@@ -217,16 +217,6 @@ struct SwiftVMM: ParsableCommand {
         trace.reduce(into: TraceOptions()) { $0.formUnion(TraceOptions(parsing: $1) ?? []) }
     }
 
-    /// Why `path` is not a regular file swiftvmm can read, or nil if it is one.
-    static func unreadableFileProblem(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)     // a FIFO: no wait for a writer
-        guard fd >= 0 else { return String(cString: strerror(errno)) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return String(cString: strerror(errno)) }
-        return st.st_mode & S_IFMT == S_IFREG ? nil : "not a regular file"
-    }
-
     func run() throws {
         let size: MemorySize
         do {
@@ -251,8 +241,9 @@ struct SwiftVMM: ParsableCommand {
         // Read only if the run ends in a crash or an oops: a bad path is said now, not then.
         for (flag, path) in [("--system-map", systemMap), ("--debug-vmlinux", debugVmlinux)] {
             guard let path else { continue }
-            if let problem = Self.unreadableFileProblem(path) {
-                fail("\(flag)=\(path): \(problem)", code: ExitStatus.unreadableFile)
+            switch openInputFile(path) {
+            case .success(let file): close(file.fd)
+            case .failure(let problem): fail("\(flag)=\(path): \(problem)", code: ExitStatus.unreadableFile)
             }
         }
         config.startTime = processStart
