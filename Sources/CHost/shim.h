@@ -85,4 +85,124 @@ static inline int sys_fallocate(int fd, int mode, long offset, long len) { retur
 static const int SYS_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 static const int SYS_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 static const int SYS_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+
+// ---- vhost-user: messages with file descriptors (SCM_RIGHTS) --------------------------------
+// CMSG_* are macros Swift cannot call.
+#include <sys/uio.h>
+static const int SYS_VHOST_MAX_FDS = 16;
+
+/// Send `len` bytes with `nfds` descriptors attached. Returns bytes sent or -errno.
+static inline long sys_send_with_fds(int sock, const void *buf, unsigned long len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > SYS_VHOST_MAX_FDS) return -EINVAL;
+    struct iovec iov = { (void *)buf, len };
+    union { char bytes[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (unsigned long)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (unsigned long)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (unsigned long)nfds);
+    }
+    long n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+/// Receive up to `len` bytes and up to `maxfds` descriptors (close-on-exec; any beyond
+/// `maxfds` are closed). `*nfds` says how many arrived. Returns bytes read (0: peer gone) or -errno.
+static inline long sys_recv_with_fds(int sock, void *buf, unsigned long len, int *fds, int maxfds, int *nfds) {
+    struct iovec iov = { buf, len };
+    union { char bytes[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof control.bytes;
+    *nfds = 0;
+    long n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *in = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = in[i]; else close(in[i]);
+        }
+    }
+    return n;
+}
+
+// ---- device backend processes (virtiofsd) ---------------------------------------------------
+#include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+struct sys_mount_attr { unsigned long long attr_set, attr_clr, propagation, userns_fd; };
+
+/// pipe2(O_CLOEXEC), declared only under _GNU_SOURCE.
+static inline int sys_pipe_cloexec(int fds[2]) { return (int)syscall(SYS_pipe2, fds, O_CLOEXEC); }
+
+/// Start `path` with `argv` (NULL-terminated) as a child that has `keep_fd` as fd `as_fd`
+/// (inherited; every other descriptor of ours is close-on-exec or closed here), dies with
+/// us (PR_SET_PDEATHSIG), and, when `readonly_dir` is set, runs in a mount namespace of its
+/// own where `readonly_dir` is bind-mounted onto itself read-only, submounts included: the
+/// backend then cannot change the host's files whatever a guest asks of it. Between fork and
+/// exec only async-signal-safe calls. On failure the child writes errno and the failed
+/// step's number to `report_fd` (close-on-exec, so EOF there means exec worked) and exits 127.
+/// Returns the child's pid or -errno.
+static inline int sys_spawn_backend(const char *path, char *const argv[], int keep_fd, int as_fd,
+                                    const char *readonly_dir, int report_fd, int stderr_fd) {
+    pid_t pid = fork();
+    if (pid < 0) return -errno;
+    if (pid > 0) return pid;
+    int step = 0;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The parent may have died between fork and prctl: then we would never be killed.
+    if (getppid() == 1) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, 0);
+    if (stderr_fd >= 0 && stderr_fd != 2) dup2(stderr_fd, 2);
+    step = 1;
+    if (keep_fd != as_fd) {
+        if (dup2(keep_fd, as_fd) < 0) goto fail;
+    } else {
+        int fl = fcntl(as_fd, F_GETFD);
+        if (fl < 0 || fcntl(as_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) goto fail;
+    }
+    if (readonly_dir) {
+        step = 2;
+        // unshare(2) and CLONE_NEWNS are declared only under _GNU_SOURCE: the raw call.
+        if (syscall(SYS_unshare, 0x00020000 /* CLONE_NEWNS */) < 0) goto fail;
+        step = 3;
+        if (mount(0, "/", 0, MS_REC | MS_PRIVATE, 0) < 0) goto fail;
+        step = 4;
+        if (mount(readonly_dir, readonly_dir, 0, MS_BIND | MS_REC, 0) < 0) goto fail;
+        step = 5;
+        struct sys_mount_attr attr = { MOUNT_ATTR_RDONLY, 0, 0, 0 };
+        if (syscall(SYS_mount_setattr, -100 /* AT_FDCWD */, readonly_dir, AT_RECURSIVE, &attr, sizeof attr) < 0) goto fail;
+    }
+    step = 6;
+    execv(path, argv);
+fail:;
+    int report[2] = { errno, step };
+    if (write(report_fd, report, sizeof report) < 0) {}
+    _exit(127);
+}
 #endif

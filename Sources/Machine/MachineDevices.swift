@@ -1,3 +1,4 @@
+import Backends
 import Devices
 import HostSupport
 import KVM
@@ -6,7 +7,7 @@ import RunControl
 import Synchronization
 import X86Platform
 
-/// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`).
+/// The virtio devices the command line asks for (`--block`, `--tunnet`, `--rng`, `--virtiofs`).
 public struct VirtioConfig: Sendable {
     public struct Block: Sendable, Equatable {
         public var path: String
@@ -19,16 +20,27 @@ public struct VirtioConfig: Sendable {
         public var mac: [UInt8]?
         public init(tap: String, mac: [UInt8]?) { self.tap = tap; self.mac = mac }
     }
+    /// A host directory shared with virtio-fs: the guest mounts it by `tag`.
+    public struct FileSystem: Sendable, Equatable {
+        public var path: String
+        public var tag: String
+        public var readOnly: Bool
+        public init(path: String, tag: String, readOnly: Bool) { self.path = path; self.tag = tag; self.readOnly = readOnly }
+    }
     public var blocks: [Block] = []
     public var network: Network?
     public var rng = false
+    public var filesystems: [FileSystem] = []
+    /// The virtiofsd to start for `filesystems` (nil: found as `Virtiofsd.locate` says).
+    public var virtiofsdPath: String?
     public init() {}
 }
 
 /// The PCI bus and the virtio devices on it, with their device threads.
 ///
 /// PCI slot order is the order of the options' kinds: block devices first (vda, vdb, … in
-/// command-line order), then the network device, then the entropy device.
+/// command-line order), then the network device, then the entropy device, then the shared
+/// directories (each with its virtiofsd, started here and ended with the run).
 final class MachineDevices: Sendable {
     /// INTx lines for PCI functions (used only while a guest has MSI-X off): ISA IRQs that
     /// no legacy device of this machine uses, shared round-robin.
@@ -69,6 +81,9 @@ final class MachineDevices: Sendable {
             }
         }
         if config.rng { models.append(VirtioRNG(trace: trace)) }
+        if !config.filesystems.isEmpty {
+            models += try Self.fileSystems(config, memory: memory, stop: stop, trace: trace)
+        }
 
         var transports: [VirtioPCI] = []
         var pciInterrupts: [ACPITables.PCIInterrupt] = []
@@ -89,6 +104,39 @@ final class MachineDevices: Sendable {
         self.pciInterrupts = pciInterrupts
     }
 
+    /// One virtio-fs device per shared directory, each served by a virtiofsd of its own. A
+    /// virtiofsd that goes away mid-run ends the run (exit 70): the guest has lost files it
+    /// was using, and waiting for it to notice would only turn that into a hang.
+    private static func fileSystems(_ config: VirtioConfig, memory: GuestMemory, stop: StopController,
+                                    trace: TraceOptions) throws(MachineError) -> [any VirtioDeviceModel] {
+        let binary: (String, Virtiofsd.Flavor)
+        do {
+            binary = try Virtiofsd.locate(explicit: config.virtiofsdPath)
+        } catch {
+            throw .device(error.description, exitCode: ExitStatus.kvmUnavailable)
+        }
+        var models: [any VirtioDeviceModel] = []
+        for fs in config.filesystems {
+            let process: Virtiofsd
+            do {
+                process = try Virtiofsd(path: binary.0, flavor: binary.1, sharing: fs.path, readOnly: fs.readOnly)
+            } catch {
+                if case .sharedDirectory = error { throw .device(error.description, exitCode: ExitStatus.unreadableFile) }
+                throw .device(error.description, exitCode: ExitStatus.vmmError)
+            }
+            let frontend = VhostUserFrontend(socket: process.socket, name: "virtiofsd for \(fs.path)")
+            do {
+                models.append(try VirtioFS(tag: fs.tag, frontend: frontend, backend: process, memory: memory, trace: trace) {
+                    [stop] message in stop.stop(.vmmError(message))
+                })
+            } catch {
+                if case .badTag = error { throw .usage(error.description) }
+                throw .device(error.description, exitCode: ExitStatus.vmmError)
+            }
+        }
+        return models
+    }
+
     /// Start one thread per device; they end when the run stops.
     func start() {
         let started = transports.map { $0.start(stopFD: stopFD) }
@@ -98,7 +146,11 @@ final class MachineDevices: Sendable {
     /// Join the device threads that end before `deadline`; the names of those that did not.
     func join(until deadline: UInt64) -> [String] {
         let started = threads.withLock { t in defer { t = [] }; return t }
-        return zip(transports, started).filter { !$0.1.join(until: deadline) }.map { $0.0.name }
+        let stuck = zip(transports, started).filter { !$0.1.join(until: deadline) }.map { $0.0.name }
+        // The device threads no longer watch the back-ends: end them before their connections
+        // close (virtiofsd would complain on stderr, which may be a command's).
+        for t in transports { (t.device as? VirtioFS)?.backend?.terminate(within: 1) }
+        return stuck
     }
 
     var guestErrors: UInt64 {

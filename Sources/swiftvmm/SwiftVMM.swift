@@ -44,7 +44,9 @@ struct SwiftVMM: ParsableCommand {
           swiftvmm 64m vmlinux --block=rootfs.ext4 --block=data.img,ro --tunnet=tap0 --rng root=/dev/vda
 
         DEVICES: virtio 1.x over PCI (bus 0, MSI-X): --block disks are vda, vdb, ... in order, \
-        then the network device, then --rng. A missing or unreadable --block file exits with 66.
+        then the network device, then --rng, then --virtiofs shares. A missing or unreadable \
+        --block file or shared directory exits with 66, a missing virtiofsd with 69; a \
+        virtiofsd that fails or dies during the run ends it with 70.
 
         EXIT STATUS:
           0–255  the guest's own status (exit hypercall); 0 also for a clean shutdown or reboot,
@@ -87,6 +89,17 @@ struct SwiftVMM: ParsableCommand {
 
     @Flag(help: "A virtio-rng entropy device fed from the host's getrandom().")
     var rng = false
+
+    @Option(help: ArgumentHelp(
+        "Share a host directory with virtio-fs (repeatable); the guest mounts it with 'mount -t virtiofs TAG DIR' "
+        + "(tag default fs0, fs1, ...). ',ro' makes it read-only (enforced on the host). Needs virtiofsd, and root.",
+        valueName: "dir[,tag=TAG][,ro]"))
+    var virtiofs: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "The virtiofsd to run for --virtiofs (default: /usr/lib/qemu/virtiofsd, else virtiofsd in PATH).",
+        valueName: "path"))
+    var virtiofsd: String?
 
     @Flag(name: .shortAndLong, help: "Describe the machine at start and print counters at the end (stderr).")
     var verbose = false
@@ -210,6 +223,24 @@ struct SwiftVMM: ParsableCommand {
             v.network = .init(tap: String(name), mac: mac)
         }
         v.rng = rng
+        for (i, spec) in virtiofs.enumerated() {
+            let parts = spec.split(separator: ",", omittingEmptySubsequences: false)
+            var share = VirtioConfig.FileSystem(path: String(parts[0]), tag: "fs\(i)", readOnly: false)
+            for part in parts.dropFirst() {
+                if part == "ro" { share.readOnly = true }
+                else if part.hasPrefix("tag=") { share.tag = String(part.dropFirst(4)) }
+                else { throw ValidationError("--virtiofs=\(spec): expected DIR[,tag=TAG][,ro]") }
+            }
+            guard !share.path.isEmpty else { throw ValidationError("--virtiofs needs a directory: --virtiofs=DIR[,tag=TAG][,ro]") }
+            guard VirtioFS.validTag(share.tag) else {
+                throw ValidationError("--virtiofs=\(spec): the tag must be 1 to \(VirtioFS.maxTagLength) bytes, without ','")
+            }
+            guard !v.filesystems.contains(where: { $0.tag == share.tag }) else {
+                throw ValidationError("--virtiofs: tag '\(share.tag)' is used twice")
+            }
+            v.filesystems.append(share)
+        }
+        v.virtiofsdPath = virtiofsd
         return v
     }
 

@@ -59,6 +59,22 @@ public protocol VirtioDeviceModel: AnyObject, Sendable {
     var hostFD: Int32 { get }
     func hostEvents(_ queues: borrowing VirtioQueues) -> Int16
     func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool
+
+    /// Non-nil for a device whose queues another process serves (vhost-user): one eventfd
+    /// per queue that process signals to interrupt the driver. The device thread then leaves
+    /// the kicks alone (they are the other process's) and only relays these.
+    var interruptRequests: [EventFD]? { get }
+    /// The driver set DRIVER_OK (serving lock held): hand the enabled rings and their kick
+    /// eventfds to whoever serves them. Throws if that failed; the device then needs a reset.
+    func driverStarted(_ queues: borrowing VirtioQueues, kicks: [EventFD]) throws(VirtioDeviceFailure)
+}
+
+/// A device that cannot go on, for a reason that is not the guest's (a back-end process that
+/// refused or died): the driver sees DEVICE_NEEDS_RESET, the user sees `message`.
+public struct VirtioDeviceFailure: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }
 
 extension VirtioDeviceModel {
@@ -68,6 +84,8 @@ extension VirtioDeviceModel {
     public var hostFD: Int32 { -1 }
     public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 { 0 }
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool { false }
+    public var interruptRequests: [EventFD]? { nil }
+    public func driverStarted(_ queues: borrowing VirtioQueues, kicks: [EventFD]) throws(VirtioDeviceFailure) {}
 }
 
 /// A device's name, trace options, and what it counts: guest errors it absorbed (bad
@@ -114,6 +132,13 @@ public final class VirtioDriverLink: Sendable {
         interrupts.raise(isrBit: VirtioInterrupts.isrConfig, vector: vector)
     }
 
+    /// The device failed for a reason of the host's (`VirtioDeviceFailure`): DEVICE_NEEDS_RESET
+    /// and a configuration interrupt, so the driver stops waiting on it.
+    public func deviceFailed() {
+        common.withLock { $0.setNeedsReset() }
+        interruptConfig()
+    }
+
     /// A ring broke (the queue is already stopped): count it, DEVICE_NEEDS_RESET, and a
     /// configuration interrupt so the driver notices (virtio 1.2, 2.1.2).
     func queueBroken(_ index: Int, _ error: VirtqueueError) {
@@ -140,6 +165,9 @@ public struct VirtioQueues: ~Copyable {
 
     /// Interrupt the driver for queue `index` (it decided it wants one: `needsInterrupt`).
     public func interrupt(_ index: Int) { link.interruptQueue(index) }
+
+    /// The device failed (a back-end gone): the driver is told it needs a reset.
+    public func deviceFailed() { link.deviceFailed() }
 
     /// A ring the device can no longer trust: stop the queue, count and trace it, set
     /// DEVICE_NEEDS_RESET and tell the driver with a configuration interrupt (virtio 1.2, 2.1.2).

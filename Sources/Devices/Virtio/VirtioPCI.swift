@@ -239,6 +239,12 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
             case .start(let features):
                 s.queues.features = features
                 s.active = true
+                do throws(VirtioDeviceFailure) {
+                    try device.driverStarted(s.queues, kicks: kicks)
+                } catch {
+                    // The model has said why; the driver learns it must reset.
+                    link.deviceFailed()
+                }
                 return (true, guestError)
             case .enableQueue(let q, let registers, let eventIndex):
                 do throws(VirtqueueError) {

@@ -10,7 +10,35 @@ import HostSupport
 extension VirtioPCI {
     /// Serve the device until `stopFD` becomes readable.
     public func start(stopFD: Int32) -> HostThread {
-        HostThread.start(name: String(device.name.prefix(15))) { [self] in serve(stopFD: stopFD) }
+        if let requests = device.interruptRequests {
+            return HostThread.start(name: String(device.name.prefix(15))) { [self] in relay(stopFD: stopFD, requests) }
+        }
+        return HostThread.start(name: String(device.name.prefix(15))) { [self] in serve(stopFD: stopFD) }
+    }
+
+    /// The device thread of a device whose queues another process serves (vhost-user): it
+    /// turns that process's interrupt requests into interrupts (which honour the driver's
+    /// MSI-X masks and INTx state, as an irqfd straight to KVM would not while a vector is
+    /// masked) and watches the model's host fd, the connection, for the process going away.
+    private func relay(stopFD: Int32, _ requests: [EventFD]) {
+        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        for r in requests { fds.append(pollfd(fd: r.fd, events: Int16(POLLIN), revents: 0)) }
+        let hostSlot = fds.count
+        fds.append(pollfd(fd: -1, events: 0, revents: 0))
+        while true {
+            let events = serving.withLock { s in device.hostEvents(s.queues) }
+            fds[hostSlot].events = events
+            fds[hostSlot].fd = events != 0 ? device.hostFD : -1
+            let r = poll(&fds, nfds_t(fds.count), -1)
+            if r < 0 { if errno == EINTR { continue }; return }
+            if fds[0].revents != 0 { return }
+            for q in requests.indices where fds[1 + q].revents != 0 {
+                requests[q].drain()
+                link.interruptQueue(q)
+            }
+            let hostReady = fds[hostSlot].revents
+            if hostReady != 0 { serving.withLock { s in _ = device.handleHostEvent(hostReady, &s.queues) } }
+        }
     }
 
     private func serve(stopFD: Int32) {

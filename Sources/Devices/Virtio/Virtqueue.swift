@@ -179,6 +179,13 @@ public struct Virtqueue: @unchecked Sendable {
         isActive = true
     }
 
+    /// Where the three parts of an active ring are in our address space: what a vhost-user
+    /// back-end is told (it maps guest RAM too, and translates through our addresses).
+    public var hostAddresses: (descriptors: UInt64, driverArea: UInt64, deviceArea: UInt64)? {
+        guard isActive, let desc, let avail, let used else { return nil }
+        return (UInt64(UInt(bitPattern: desc)), UInt64(UInt(bitPattern: avail)), UInt64(UInt(bitPattern: used)))
+    }
+
     public mutating func reset() {
         isActive = false
         size = 0
