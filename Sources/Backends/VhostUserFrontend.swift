@@ -27,6 +27,27 @@ public enum VhostUserError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// Messages with file descriptors attached (SCM_RIGHTS) on a Unix socket: the front-end's
+/// transport, and a test back-end's.
+public enum DescriptorPassing {
+    /// Send `bytes` with `fds`. Returns bytes sent, or -errno.
+    public static func send(_ socket: Int32, _ bytes: UnsafeRawBufferPointer, fds: [Int32]) -> Int {
+        fds.withUnsafeBufferPointer { f in
+            sys_send_with_fds(socket, bytes.baseAddress, UInt(bytes.count), f.baseAddress, Int32(f.count))
+        }
+    }
+
+    /// Receive up to `buffer.count` bytes; descriptors that came along are appended to `fds`
+    /// (at most 16; more are closed). Returns bytes read (0: the peer is gone), or -errno.
+    public static func receive(_ socket: Int32, into buffer: UnsafeMutableRawBufferPointer, fds: inout [Int32]) -> Int {
+        var got = [Int32](repeating: -1, count: 16)
+        var n: Int32 = 0
+        let r = sys_recv_with_fds(socket, buffer.baseAddress, UInt(buffer.count), &got, 16, &n)
+        fds += got.prefix(Int(n))
+        return r
+    }
+}
+
 /// The front-end side of the vhost-user protocol (QEMU's docs/interop/vhost-user.rst): the
 /// device's rings live in guest RAM, a back-end process (virtiofsd) maps that RAM and serves
 /// them, and this is how we tell it where everything is. Messages go over a Unix stream
@@ -242,11 +263,7 @@ public final class VhostUserFrontend: Sendable {
         Self.append32(&message, Self.flagVersion | flags)
         Self.append32(&message, UInt32(payload.count))
         message += payload
-        let sent = message.withUnsafeBytes { m in
-            fds.withUnsafeBufferPointer { f in
-                sys_send_with_fds(socket, m.baseAddress, UInt(m.count), f.baseAddress, Int32(f.count))
-            }
-        }
+        let sent = message.withUnsafeBytes { DescriptorPassing.send(socket, $0, fds: fds) }
         if sent == -Int(EAGAIN) { throw .timedOut(name, request: Self.describe(request), seconds: timeout) }
         if sent == -Int(EPIPE) || sent == -Int(ECONNRESET) { throw .disconnected(name, request: Self.describe(request)) }
         guard sent >= 0 else { throw .io(name, request: Self.describe(request), errno: Int32(-sent)) }
@@ -275,12 +292,11 @@ public final class VhostUserFrontend: Sendable {
         var buffer = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            var fds = [Int32](repeating: -1, count: 4)
-            var nfds: Int32 = 0
+            var fds: [Int32] = []
             let n = buffer.withUnsafeMutableBytes { b in
-                sys_recv_with_fds(socket, b.baseAddress! + done, UInt(count - done), &fds, 4, &nfds)
+                DescriptorPassing.receive(socket, into: UnsafeMutableRawBufferPointer(rebasing: b[done...]), fds: &fds)
             }
-            for i in 0..<Int(nfds) { close(fds[i]) }
+            for fd in fds { close(fd) }
             if n == 0 { throw .disconnected(name, request: Self.describe(request)) }
             if n == -Int(EAGAIN) { throw .timedOut(name, request: Self.describe(request), seconds: timeout) }
             if n == -Int(ECONNRESET) { throw .disconnected(name, request: Self.describe(request)) }

@@ -125,11 +125,12 @@ public final class VirtioFS: VirtioDeviceModel {
         }
     }
 
-    // The connection: the back-end never speaks unasked, so anything readable on it (EOF)
-    // or a hang-up means it is gone.
+    // The connection: its peer hanging up (POLLRDHUP, or POLLHUP) means the back-end is
+    // gone. Not POLLIN: a reply the vCPU's exchange is about to read makes it readable too.
+    static let peerHungUp: Int16 = 0x2000     // POLLRDHUP, a GNU name Swift's Glibc hides
     public var hostFD: Int32 { frontend.socket }
     public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 {
-        state.withLock { $0.failed } ? 0 : Int16(POLLIN)
+        state.withLock { $0.failed } ? 0 : Self.peerHungUp
     }
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool {
         // Give the process a moment to be reaped, so the message can say how it ended.
