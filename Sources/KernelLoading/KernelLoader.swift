@@ -45,6 +45,8 @@ public enum EntryChoice: String, Sendable, CaseIterable {
 public struct BootOptions: Sendable {
     public var commandLine: String
     public var initrdPath: String?
+    /// An initrd built in memory (`swiftvmm exec`'s), used when there is no `initrdPath`.
+    public var initrdData: [UInt8]?
     public var entry: EntryChoice = .auto
     /// Guest-physical ranges that are the VMM's (the hypercall page): reserved in the map.
     public var reserved: [Range<UInt64>] = []
@@ -55,10 +57,11 @@ public struct BootOptions: Sendable {
     /// boot_params.acpi_rsdp_addr and hvm_start_info.rsdp_paddr.
     public var acpiRSDP: UInt64?
 
-    public init(commandLine: String, initrdPath: String? = nil, entry: EntryChoice = .auto,
+    public init(commandLine: String, initrdPath: String? = nil, initrdData: [UInt8]? = nil, entry: EntryChoice = .auto,
                 reserved: [Range<UInt64>] = [], addSerialConsole: Bool = true, acpiRSDP: UInt64? = nil) {
         self.commandLine = commandLine
         self.initrdPath = initrdPath
+        self.initrdData = initrdData
         self.entry = entry
         self.reserved = reserved
         self.addSerialConsole = addSerialConsole
@@ -106,7 +109,7 @@ public enum KernelLoader {
     /// thousands of images a second without a file for each.
     public static func load(bytes: [UInt8], path: String, into memory: GuestMemory, options: BootOptions) throws(BootError) -> LoadedKernel {
         guard !bytes.isEmpty else { throw .notAKernel(path: path, reason: "the file is empty") }
-        let initrd = try options.initrdPath.map { p throws(BootError) in try readFile(p) }
+        let initrd = try options.initrdPath.map { p throws(BootError) in try readFile(p) } ?? options.initrdData
         if let initrd, let p = options.initrdPath, initrd.isEmpty {
             throw .unsupported(path: p, reason: "the initrd is empty")
         }

@@ -113,7 +113,7 @@ enum MachineBuilder {
             guard fd >= 0 else { throw .usage("--console-log=\(path): \(errorString(errno))") }
             logFD = fd
         }
-        return (Console(quiet: config.quiet, logFD: logFD, monitor: monitor, timeline: timeline), monitor, logFD)
+        return (Console(fd: config.consoleFD, quiet: config.quiet, logFD: logFD, monitor: monitor, timeline: timeline), monitor, logFD)
     }
 
     /// /dev/kvm and a VM (its interrupt controllers come after its memory: see `guestRAM`).
@@ -169,8 +169,9 @@ enum MachineBuilder {
     static func loadKernel(_ config: MachineConfig, into memory: GuestMemory) throws(MachineError) -> LoadedKernel {
         do {
             return try KernelLoader.load(path: config.kernelPath, into: memory, options: BootOptions(
-                commandLine: config.commandLine, initrdPath: config.initrdPath, entry: config.entry,
-                reserved: [hypercallPage], addSerialConsole: config.addSerialConsole, acpiRSDP: BootLayout.acpiRSDP))
+                commandLine: config.commandLine, initrdPath: config.initrdPath, initrdData: config.initrdData,
+                entry: config.entry, reserved: [hypercallPage], addSerialConsole: config.addSerialConsole,
+                acpiRSDP: BootLayout.acpiRSDP))
         } catch {
             throw .boot(error.description, exitCode: error.exitCode)
         }

@@ -30,6 +30,8 @@ public struct MachineConfig: Sendable {
     public var consoleLogPath: String?
     /// Keep the console off stdout.
     public var quiet = false
+    /// Where the console goes when not quiet (stdout; `swiftvmm exec --verbose` uses stderr).
+    public var consoleFD: Int32 = 1
     /// A QEMU-compatible isa-debug-exit device on this port.
     public var debugExitPort: UInt16?
     /// Symbols for crash reports when the kernel is not an ELF with a symbol table.
@@ -41,6 +43,8 @@ public struct MachineConfig: Sendable {
     /// Linux boot: the initrd, the entry path, `console=ttyS0` added when no console is named,
     /// and the CPUID adjustments for PVM hosts (see docs/boot.md).
     public var initrdPath: String? = nil
+    /// An initrd made in memory (`swiftvmm exec`'s), when there is no `initrdPath`.
+    public var initrdData: [UInt8]? = nil
     public var entry: EntryChoice = .auto
     public var addSerialConsole = true
     public var pvmHost = false
