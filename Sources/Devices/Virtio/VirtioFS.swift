@@ -125,13 +125,16 @@ public final class VirtioFS: VirtioDeviceModel {
         }
     }
 
-    // The connection: the back-end never speaks unasked, so anything readable on it (EOF)
-    // or a hang-up means it is gone.
+    // The connection: the back-end never speaks unasked, so EOF, a reset or a message on it
+    // means it is gone. Readable alone does not: the device thread's poll also wakes for the
+    // replies to the vCPU's own requests (DRIVER_OK, reset), which that vCPU reads while it
+    // holds the serving lock; by the time we have the lock they are gone, and it was nothing.
     public var hostFD: Int32 { frontend.socket }
     public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 {
         state.withLock { $0.failed } ? 0 : Int16(POLLIN)
     }
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool {
+        guard let failure = frontend.connectionFailure() else { return false }
         // Give the process a moment to be reaped, so the message can say how it ended.
         var how = backend?.exitDescription()
         for _ in 0..<50 where how == nil && backend != nil {
@@ -139,7 +142,7 @@ public final class VirtioFS: VirtioDeviceModel {
             how = backend?.exitDescription()
         }
         let what = backend.map { "\($0.path) (pid \($0.pid))" } ?? "the vhost-user back-end"
-        _ = fail("\(name): \(what) \(how ?? "closed its connection"); the guest has lost the share")
+        _ = fail("\(name): \(what) \(how ?? failure); the guest has lost the share")
         queues.deviceFailed()
         return false
     }
