@@ -219,6 +219,25 @@ public final class VhostUserFrontend: Sendable {
         }
     }
 
+    /// Why the connection is no good any more, looked at between exchanges; nil if it is
+    /// fine. The back-end never speaks unasked on this socket, but a poll on it also wakes for
+    /// a reply the requester reads a moment later: so what counts is what is there now, with
+    /// no exchange in flight (the session lock held). EOF or a reset means the back-end is
+    /// gone; bytes nobody asked for break the protocol.
+    public func connectionFailure() -> String? {
+        session.withLock { _ -> String? in
+            var byte: UInt8 = 0
+            let n = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n > 0 { return "sent a message nobody asked for" }
+            if n == 0 { return "closed its connection" }
+            switch errno {
+            case EAGAIN, EINTR: return nil
+            case ECONNRESET: return "closed its connection"
+            default: return "broke its connection (\(String(cString: strerror(errno))))"
+            }
+        }
+    }
+
     // MARK: Messages
 
     private func setMemTable(_ memory: [MemoryRegion], ack: Bool) throws(VhostUserError) {

@@ -13,6 +13,7 @@
 #include "pic.h"
 #include "serial.h"
 #include "tests.h"
+#include "virtio_fs.h"
 #include "virtio_net.h"
 #include "virtio_tests.h"
 
@@ -102,6 +103,7 @@ static const struct {
 	{ "test=net-rx-tiny", test_net_rx_tiny },
 	{ "test=virtio-abuse", test_virtio_abuse },
 	{ "test=virtio-race", test_virtio_race },
+	{ "test=virtio-fs", test_virtio_fs },
 };
 
 static bool tests_ran;
@@ -127,6 +129,8 @@ static void run_word(const char *w, size_t n)
 		virtio_msix_off = true;
 	} else if ((n > 3 && memcmp(w, "ip=", 3) == 0) || (n > 5 && memcmp(w, "peer=", 5) == 0)) {
 		;	/* test=net's addresses: it finds them itself */
+	} else if (virtio_fs_word(w, n)) {
+		;	/* test=virtio-fs's file names and modes: the same */
 	} else if (word_is(w, n, "echo")) {
 		cmd_echo();
 	} else if (word_is(w, n, "fault=ud")) {

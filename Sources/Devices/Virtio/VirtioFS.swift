@@ -126,13 +126,17 @@ public final class VirtioFS: VirtioDeviceModel {
     }
 
     // The connection: its peer hanging up (POLLRDHUP, or POLLHUP) means the back-end is
-    // gone. Not POLLIN: a reply the vCPU's exchange is about to read makes it readable too.
+    // gone. Not POLLIN: the replies to the vCPU's own requests (DRIVER_OK, reset) make it
+    // readable too, and that vCPU reads them while it holds the serving lock. The back-end
+    // never speaks unasked, so `connectionFailure` then confirms it: EOF, a reset, or a
+    // message nobody asked for.
     static let peerHungUp: Int16 = 0x2000     // POLLRDHUP, a GNU name Swift's Glibc hides
     public var hostFD: Int32 { frontend.socket }
     public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 {
         state.withLock { $0.failed } ? 0 : Self.peerHungUp
     }
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool {
+        guard let failure = frontend.connectionFailure() else { return false }
         // Give the process a moment to be reaped, so the message can say how it ended.
         var how = backend?.exitDescription()
         for _ in 0..<50 where how == nil && backend != nil {
@@ -140,7 +144,7 @@ public final class VirtioFS: VirtioDeviceModel {
             how = backend?.exitDescription()
         }
         let what = backend.map { "\($0.path) (pid \($0.pid))" } ?? "the vhost-user back-end"
-        _ = fail("\(name): \(what) \(how ?? "closed its connection"); the guest has lost the share")
+        _ = fail("\(name): \(what) \(how ?? failure); the guest has lost the share")
         queues.deviceFailed()
         return false
     }
