@@ -438,6 +438,40 @@ struct ExecInitramfsTests {
         #expect(e == .tooLarge(path: bigTree + "/modules.dep", size: KernelModules.maximumIndexBytes + 1, limit: KernelModules.maximumIndexBytes))
     }
 
+    @Test("kernel modules: Debian's cloud kernel (modules.dep from depmod in scripts/fetch-debian-kernel) and its exec initramfs")
+    func debianModules() throws {
+        let tree = DebianKernel.folder.appendingPathComponent("cloud/modules").path
+        let present = FileManager.default.fileExists(atPath: tree + "/modules.dep")
+        if !present { Issue.record("\(tree)/modules.dep is missing: run scripts/fetch-debian-kernel (scripts/test does)") }
+        try #require(present)
+        let r = try KernelModules.resolve(ExecInitramfs.wantedModules, in: tree)
+        #expect(r.missing.isEmpty && r.builtIn.isEmpty, "\(r)")
+        #expect(Set(r.load.map(\.name)) == ["virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+                                            "virtio_console", "fuse", "virtiofs", "overlay"])
+        #expect(r.load.count == 9)
+        // Debian 12's own dependencies, from its modules.dep.
+        #expect(dependenciesFirst(r.load, dep: [
+            "virtio_pci": ["virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio", "virtio_ring"],
+            "virtio_console": ["virtio", "virtio_ring"], "virtiofs": ["virtio", "virtio_ring", "fuse"],
+        ]))
+        for m in r.load { #expect(FileManager.default.fileExists(atPath: m.path), "\(m.path)") }
+
+        try GuestInit.require()
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let spec = ExecSpec(argv: ["uname", "-a"], env: ["PATH=/usr/bin:/bin"], modulesDir: tree)
+        let image = try ExecInitramfs.build(initBinary: GuestInit.binary, spec: spec, modules: r.load)
+        let x = try extract(image, in: dir)
+        let parsed = try runProcess(GuestInit.checkParse, [x.appendingPathComponent("swiftvmm/exec.conf").path])
+        #expect(parsed.lines.filter { $0.hasPrefix("module ") }
+                == r.load.map { "module \"/swiftvmm/modules/\($0.fileName)\"" })
+        for m in r.load {
+            let packed = try Data(contentsOf: x.appendingPathComponent("swiftvmm/modules/\(m.fileName)"))
+            #expect(packed == (try Data(contentsOf: URL(fileURLWithPath: m.path))), "\(m.fileName)")
+            #expect(packed.prefix(4) == Data([0x7F, 0x45, 0x4C, 0x46]), "\(m.fileName) is not an ELF object")
+        }
+    }
+
     // MARK: the initramfs
 
     @Test("exec initramfs: /init, exec.conf, dev/console 5:1 and the modules in load order; check-parse reads its exec.conf")
