@@ -28,6 +28,9 @@
 //                  through protocols (Machine implements them over KVM)
 //   Hypercalls     the hypercall page at 0x2000 and its handlers
 //   Machine        assembles a VM from a configuration and runs the vCPU loops
+//   Exec           `swiftvmm exec`'s guest side: the in-memory initramfs (cpio) with the bundled
+//                  init (guests/init), the exec.conf it reads, and the kernel modules it loads
+//                  (resolved from modules.dep); it needs nothing of the VM, only files
 //   swiftvmm       the command line
 //
 // A boot in those terms: Memory maps the guest's RAM; KernelLoading places the kernel, the
@@ -80,11 +83,12 @@ let package = Package(
             "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends",
             "Devices", "Hypercalls", "CTeardown",
         ]),
+        .target(name: "Exec", dependencies: ["HostSupport"]),
     ] + (fuzzing ? [] : [
         .executableTarget(name: "swiftvmm", dependencies: commandDependencies),
         .testTarget(name: "SwiftVMMTests", dependencies: [
             "KVM", "Memory", "HostSupport", "RunControl", "X86Platform", "KernelLoading", "CrashReports", "Backends", "Devices", "Hypercalls",
-            "Machine", "swiftvmm",
+            "Machine", "Exec", "swiftvmm",
         ]),
     ]) + (!fuzzing ? [] : [
         .target(name: "swiftvmm", dependencies: commandDependencies, path: "Sources/swiftvmm", exclude: ["main.swift"]),
