@@ -34,7 +34,7 @@ public enum Virtio {
 /// own. State a model does keep lives in its own lock. Class-bound, so the transport calls
 /// it through a witness table: no box, no allocation.
 public protocol VirtioDeviceModel: AnyObject, Sendable {
-    /// The virtio device ID (1 net, 2 block, 4 entropy).
+    /// The virtio device ID (1 net, 2 block, 3 console, 4 entropy).
     var deviceType: UInt16 { get }
     var queueCount: Int { get }
     var queueMaxSize: UInt16 { get }
@@ -59,6 +59,16 @@ public protocol VirtioDeviceModel: AnyObject, Sendable {
     var hostFD: Int32 { get }
     func hostEvents(_ queues: borrowing VirtioQueues) -> Int16
     func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool
+
+    /// The transport's kick events, one per queue, handed over once when it is built. A model
+    /// that leaves chains in a queue until a host resource frees up (virtio-console's output
+    /// backlog) signals the queue's kick from the thread that frees it, and the device thread
+    /// serves the queue again as if the driver had kicked.
+    func attach(kicks: [EventFD])
+    /// The driver is resetting a running device; the rings are still there (serving lock
+    /// held). The last chance to take what the driver posted and the device has not taken:
+    /// Linux resets its virtio devices at power-off, right after the last writes.
+    func willReset(_ queues: inout VirtioQueues)
 }
 
 extension VirtioDeviceModel {
@@ -68,6 +78,8 @@ extension VirtioDeviceModel {
     public var hostFD: Int32 { -1 }
     public func hostEvents(_ queues: borrowing VirtioQueues) -> Int16 { 0 }
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool { false }
+    public func attach(kicks: [EventFD]) {}
+    public func willReset(_ queues: inout VirtioQueues) {}
 }
 
 /// A device's name, trace options, and what it counts: guest errors it absorbed (bad
