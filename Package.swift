@@ -49,7 +49,7 @@ let fuzzTargets = ["elf", "bzimage", "pageoffset", "virtqueue", "virtio-blk", "v
                    "pci", "serial", "console", "oops", "cli"]
 
 let commandDependencies: [Target.Dependency] = [
-    "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices",
+    "Machine", "KernelLoading", "Memory", "HostSupport", "RunControl", "Devices", "Exec",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
 ]
 

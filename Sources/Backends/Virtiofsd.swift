@@ -10,9 +10,11 @@ import Synchronization
 /// qemu-system-common) and the Rust one newer distributions put in PATH. Both need root for
 /// their sandbox (mount namespaces); see docs/devices.md.
 ///
-/// A read-only share is made read-only by the kernel, not by asking the guest nicely: the
-/// child starts in a mount namespace of its own where the directory is bind-mounted onto
-/// itself with MOUNT_ATTR_RDONLY, submounts included, before virtiofsd runs.
+/// It shares a copy of the directory's mount tree (open_tree), placed in a mount namespace
+/// of its own: the copy is made read-only by the kernel for a read-only share
+/// (MOUNT_ATTR_RDONLY, submounts included), so no request a guest makes can change the host's
+/// files; and `/` itself can be shared, which virtiofsd's pivot_root into its shared
+/// directory could not do with the root it runs in (sys_spawn_backend in CHost).
 public final class Virtiofsd: Sendable {
     public enum Flavor: String, Sendable { case qemu = "QEMU's C virtiofsd", rust = "the Rust virtiofsd" }
 
@@ -113,13 +115,15 @@ public final class Virtiofsd: Sendable {
         }
 
         let fdNumber: Int32 = 3
+        // It shares a copy of the directory's mount tree placed in its own mount namespace.
+        let source = String(cString: SYS_BACKEND_SHARE_PATH)
         var args: [String]
         switch flavor {
         case .qemu:
-            args = [path, "--fd=\(fdNumber)", "-o", "source=\(directory)", "-o", "cache=auto",
+            args = [path, "--fd=\(fdNumber)", "-o", "source=\(source)", "-o", "cache=auto",
                     "-o", "log_level=err", "-o", "sandbox=namespace"]
         case .rust:
-            args = [path, "--fd=\(fdNumber)", "--shared-dir=\(directory)", "--cache=auto",
+            args = [path, "--fd=\(fdNumber)", "--shared-dir=\(source)", "--cache=auto",
                     "--log-level=error", "--sandbox=namespace"]
         }
         var pipeFDs: [Int32] = [-1, -1]
@@ -130,7 +134,7 @@ public final class Virtiofsd: Sendable {
         let cArgs = args.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
         let pid = cArgs.withUnsafeBufferPointer { a in
-            sys_spawn_backend(path, a.baseAddress, listener, fdNumber, readOnly ? directory : nil, pipeFDs[1], stderrFD)
+            sys_spawn_backend(path, a.baseAddress, listener, fdNumber, directory, readOnly ? 1 : 0, pipeFDs[1], stderrFD)
         }
         close(pipeFDs[1])
         defer { close(pipeFDs[0]) }
@@ -146,8 +150,9 @@ public final class Virtiofsd: Sendable {
             waitpid(pid, &status, 0)
             close(client)
             let steps = ["starting", "passing the socket", "unshare(CLONE_NEWNS)", "making mounts private",
-                         "bind-mounting \(directory)", "making \(directory) read-only", "exec"]
-            throw .spawn(path: path, step: steps[Int(max(0, min(report.1, 6)))], errno: report.0)
+                         "copying \(directory)'s mount tree (open_tree)", "making it read-only (mount_setattr)",
+                         "mounting a tmpfs on /tmp", "making \(source)", "placing the copy (move_mount)", "exec"]
+            throw .spawn(path: path, step: steps[Int(max(0, min(report.1, 9)))], errno: report.0)
         }
         self.path = path
         self.flavor = flavor

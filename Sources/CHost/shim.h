@@ -158,16 +158,22 @@ struct sys_mount_attr { unsigned long long attr_set, attr_clr, propagation, user
 /// pipe2(O_CLOEXEC), declared only under _GNU_SOURCE.
 static inline int sys_pipe_cloexec(int fds[2]) { return (int)syscall(SYS_pipe2, fds, O_CLOEXEC); }
 
+/// Where a share appears inside the backend's own mount namespace (see below).
+static const char *const SYS_BACKEND_SHARE_PATH = "/tmp/swiftvmm-share";
+
 /// Start `path` with `argv` (NULL-terminated) as a child that has `keep_fd` as fd `as_fd`
-/// (inherited; every other descriptor of ours is close-on-exec or closed here), dies with
-/// us (PR_SET_PDEATHSIG), and, when `readonly_dir` is set, runs in a mount namespace of its
-/// own where `readonly_dir` is bind-mounted onto itself read-only, submounts included: the
-/// backend then cannot change the host's files whatever a guest asks of it. Between fork and
-/// exec only async-signal-safe calls. On failure the child writes errno and the failed
-/// step's number to `report_fd` (close-on-exec, so EOF there means exec worked) and exits 127.
-/// Returns the child's pid or -errno.
+/// (inherited; every other descriptor of ours is close-on-exec), dies with the thread that
+/// started it (PR_SET_PDEATHSIG: start it from the main thread), and, when `share_dir` is
+/// set, runs in a mount namespace of its own where a copy of `share_dir`'s mount tree
+/// (read-only with `readonly`, submounts included) sits at SYS_BACKEND_SHARE_PATH, on a
+/// tmpfs mounted over /tmp there. A copy, not the directory itself: virtiofsd's sandbox
+/// pivot_roots into what it shares, and pivot_root cannot move to the current root, so `/`
+/// could not be shared otherwise; and the kernel, not the backend's good behaviour, keeps a
+/// read-only share read-only. Between fork and exec only async-signal-safe calls. On failure
+/// the child writes errno and the failed step's number to `report_fd` (close-on-exec, so EOF
+/// there means exec worked) and exits 127. Returns the child's pid or -errno.
 static inline int sys_spawn_backend(const char *path, char *const argv[], int keep_fd, int as_fd,
-                                    const char *readonly_dir, int report_fd, int stderr_fd) {
+                                    const char *share_dir, int readonly, int report_fd, int stderr_fd) {
     pid_t pid = fork();
     if (pid < 0) return -errno;
     if (pid > 0) return pid;
@@ -186,19 +192,30 @@ static inline int sys_spawn_backend(const char *path, char *const argv[], int ke
         int fl = fcntl(as_fd, F_GETFD);
         if (fl < 0 || fcntl(as_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) goto fail;
     }
-    if (readonly_dir) {
+    if (share_dir) {
         step = 2;
         // unshare(2) and CLONE_NEWNS are declared only under _GNU_SOURCE: the raw call.
         if (syscall(SYS_unshare, 0x00020000 /* CLONE_NEWNS */) < 0) goto fail;
         step = 3;
         if (mount(0, "/", 0, MS_REC | MS_PRIVATE, 0) < 0) goto fail;
         step = 4;
-        if (mount(readonly_dir, readonly_dir, 0, MS_BIND | MS_REC, 0) < 0) goto fail;
-        step = 5;
-        struct sys_mount_attr attr = { MOUNT_ATTR_RDONLY, 0, 0, 0 };
-        if (syscall(SYS_mount_setattr, -100 /* AT_FDCWD */, readonly_dir, AT_RECURSIVE, &attr, sizeof attr) < 0) goto fail;
+        int tree = (int)syscall(SYS_open_tree, -100 /* AT_FDCWD */, share_dir,
+                                1 /* OPEN_TREE_CLONE */ | 0x80000 /* OPEN_TREE_CLOEXEC */ | AT_RECURSIVE);
+        if (tree < 0) goto fail;
+        if (readonly) {
+            step = 5;
+            struct sys_mount_attr attr = { MOUNT_ATTR_RDONLY, 0, 0, 0 };
+            if (syscall(SYS_mount_setattr, tree, "", 0x1000 /* AT_EMPTY_PATH */ | AT_RECURSIVE, &attr, sizeof attr) < 0) goto fail;
+        }
+        step = 6;
+        if (mount("swiftvmm", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700") < 0) goto fail;
+        step = 7;
+        if (mkdir(SYS_BACKEND_SHARE_PATH, 0700) < 0) goto fail;
+        step = 8;
+        if (syscall(SYS_move_mount, tree, "", -100, SYS_BACKEND_SHARE_PATH, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */) < 0) goto fail;
+        close(tree);
     }
-    step = 6;
+    step = 9;
     execv(path, argv);
 fail:;
     int report[2] = { errno, step };

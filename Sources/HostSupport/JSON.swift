@@ -16,6 +16,12 @@ public indirect enum JSON: Sendable, Equatable {
     public static func optional(_ v: Double?) -> JSON { v.map { .double($0) } ?? .null }
     public static func optional(_ v: String?) -> JSON { v.map { .string($0) } ?? .null }
 
+    /// An object with one more field at the end (anything else is returned as it is).
+    public func adding(_ key: String, _ value: JSON) -> JSON {
+        guard case .object(let fields) = self else { return self }
+        return .object(fields + [(key, value)])
+    }
+
     public func serialized(indent: Int = 0) -> String {
         var out = ""
         write(into: &out, indent: indent, level: 0)

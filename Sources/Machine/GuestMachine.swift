@@ -31,6 +31,12 @@ public final class GuestMachine: Sendable {
     private let consoleLogFD: Int32?
     let devices: MachineDevices
 
+    /// What the virtio-console's memory port `name` collected (`swiftvmm exec`'s status port).
+    public func collectedConsolePort(named name: String) -> [UInt8]? {
+        guard let (device, _) = devices.console, let port = device.port(named: name) else { return nil }
+        return device.collected(port: port)
+    }
+
     /// The signal that kicks vCPU threads out of KVM_RUN.
     static let kickSignal = SIGUSR1
     /// How long the threads of a run have to end once its outcome is decided.
@@ -141,6 +147,7 @@ public final class GuestMachine: Sendable {
         for name in devices.join(until: deadline) {
             Diagnostics.line("swiftvmm: \(name)'s thread did not end within 2 s of the decision; leaving it behind")
         }
+        devices.finishConsole(until: deadline)
         if let inputThread, !inputThread.join(until: deadline) {
             Diagnostics.line("swiftvmm: the console input thread did not end within 2 s of the decision; leaving it behind")
         }

@@ -31,6 +31,8 @@ public struct VirtioConfig: Sendable {
     public var network: Network?
     public var rng = false
     public var filesystems: [FileSystem] = []
+    /// A virtio-console with these ports (port 0 is the console, hvc0), or none.
+    public var consolePorts: [VirtioConsole.Port]?
     /// The virtiofsd to start for `filesystems` (nil: found as `Virtiofsd.locate` says).
     public var virtiofsdPath: String?
     public init() {}
@@ -40,7 +42,8 @@ public struct VirtioConfig: Sendable {
 ///
 /// PCI slot order is the order of the options' kinds: block devices first (vda, vdb, … in
 /// command-line order), then the network device, then the entropy device, then the shared
-/// directories (each with its virtiofsd, started here and ended with the run).
+/// directories (each with its virtiofsd, started here and ended with the run), then the
+/// virtio-console (`swiftvmm exec`'s).
 final class MachineDevices: Sendable {
     /// INTx lines for PCI functions (used only while a guest has MSI-X off): ISA IRQs that
     /// no legacy device of this machine uses, shared round-robin.
@@ -83,6 +86,13 @@ final class MachineDevices: Sendable {
         if config.rng { models.append(VirtioRNG(trace: trace)) }
         if !config.filesystems.isEmpty {
             models += try Self.fileSystems(config, memory: memory, stop: stop, trace: trace)
+        }
+        if let ports = config.consolePorts {
+            do {
+                models.append(try VirtioConsole(ports: ports, trace: trace))
+            } catch {
+                throw .setup("virtio-console: \(error)")
+            }
         }
 
         var transports: [VirtioPCI] = []
@@ -151,6 +161,22 @@ final class MachineDevices: Sendable {
         // close (virtiofsd would complain on stderr, which may be a command's).
         for t in transports { (t.device as? VirtioFS)?.backend?.terminate(within: 1) }
         return stuck
+    }
+
+    /// The virtio-console, if there is one, and its transport.
+    var console: (device: VirtioConsole, transport: VirtioPCI)? {
+        for t in transports { if let c = t.device as? VirtioConsole { return (c, t) } }
+        return nil
+    }
+
+    /// After the device threads have ended: what the guest left in the console's transmit
+    /// rings is served, and its outputs are written out, until `deadline`.
+    func finishConsole(until deadline: UInt64) {
+        guard let (device, transport) = console else { return }
+        let seconds = Double(deadline &- min(deadline, monotonicNanoseconds())) / 1e9
+        if !device.finish(transport, waitingUpTo: max(0.05, seconds)) {
+            Diagnostics.line("swiftvmm: virtio-console: output nobody read was left unwritten")
+        }
     }
 
     var guestErrors: UInt64 {

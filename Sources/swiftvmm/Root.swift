@@ -9,7 +9,7 @@ struct Root: ParsableCommand {
         usage: SwiftVMM.configuration.usage,
         discussion: SwiftVMM.configuration.discussion,
         version: SwiftVMM.configuration.version,
-        subcommands: [SwiftVMM.self, Inspect.self],
+        subcommands: [SwiftVMM.self, Inspect.self, ExecCommand.self],
         defaultSubcommand: SwiftVMM.self
     )
 }

@@ -17,11 +17,15 @@ if let i = arguments.firstIndex(of: "--") {
 arguments = arguments.map { $0 == "--debug-exit" ? "--debug-exit=0xf4" : $0 }
 // `swiftvmm --help` is the help of what users run: the default command with all its options,
 // generated from their declarations, plus a pointer to the other subcommand.
-if arguments.first != "inspect", arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+if arguments.first != "inspect", arguments.first != "exec", arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
     print(SwiftVMM.helpMessage())
     print("""
 
         OTHER COMMANDS:
+          swiftvmm exec [options] <kernel> -- <command> [args...]
+                                               run a command in the kernel with this machine's
+                                               files; exits with its status (see 'swiftvmm exec --help',
+                                               docs/exec.md)
           swiftvmm inspect <kernel> [--json]   what swiftvmm's loaders see in a kernel image, without
                                                booting it (see 'swiftvmm inspect --help')
         """)
@@ -32,13 +36,17 @@ do {
     // and its default subcommand builds every option's definition twice (~1 ms of a 10 ms
     // cold start). Anything else, and any error (so its message names the full command),
     // goes through `Root`.
-    let direct = ["inspect", "run", "help"].contains(arguments.first ?? "") || arguments.contains("--version")
+    let direct = ["inspect", "run", "help", "exec"].contains(arguments.first ?? "") || arguments.contains("--version")
         ? nil : try? SwiftVMM.parseAsRoot(arguments)
     var command = try direct ?? Root.parseAsRoot(arguments)
     if var vmm = command as? SwiftVMM {
         vmm.passthrough = passthrough
         vmm.processStart = processStart
         command = vmm
+    } else if var exec = command as? ExecCommand {
+        exec.command = passthrough
+        exec.processStart = processStart
+        command = exec
     }
     try command.run()
 } catch {

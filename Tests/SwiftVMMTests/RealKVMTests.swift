@@ -200,6 +200,69 @@ struct RealKVMTests {
         #expect(down.count == 64 && r.output("net").contains("down-sha:\(down)"), "16 MiB host -> guest: \(r.summary("net"))")
     }
 
+    /// `swiftvmm exec` with Debian's stock cloud kernel (its drivers are modules, loaded from
+    /// the initramfs exec makes) and the test kernel (everything built in), each the same
+    /// cases: the command's output, status and stdin; --rw, and nothing else of the host
+    /// changed; a panic, a timeout, a command that does not exist; virtiofsd killed mid-run.
+    @Test("swiftvmm exec: output, status, stdin, --rw, a module, panic, timeout, virtiofsd killed; Debian's kernel and the test kernel (L1: 2 CPUs)")
+    func exec() throws {
+        let bed = try TestBed(name: "exec")
+        try bed.add(try DebianKernel.path("cloud", "vmlinuz"), as: "vmlinuz")
+        try bed.add(try testKernel(), as: "test-vmlinux")
+        func cases(_ k: String, _ kernel: String) -> String {
+            """
+            echo hello-stdin > \(k)-stdin.in
+            run \(k)-uname file exec --mem 256m \(kernel) -- uname -r
+            run \(k)-status file exec --mem 256m \(kernel) -- sh -c 'exit 3'
+            run \(k)-stdin file exec --mem 256m \(kernel) -- cat
+            run \(k)-streams file exec --mem 256m \(kernel) -- sh -c 'echo to-stdout; echo to-stderr >&2; exit 0'
+            mkdir -p \(k)-rw && echo before > \(k)-untouched.txt
+            run \(k)-rw file exec --mem 256m --rw=$PWD/\(k)-rw \(kernel) -- sh -c 'echo written > \(k)-rw/file && echo changed > \(k)-untouched.txt && echo new > /etc/\(k)-new && cat \(k)-untouched.txt /etc/\(k)-new'
+            [ -e /etc/\(k)-new ] && echo present > \(k)-etc.txt || echo absent > \(k)-etc.txt
+            run \(k)-modprobe file exec --mem 256m \(kernel) -- sh -c 'modprobe dummy && grep -c "^dummy " /proc/modules'
+            run \(k)-panic file exec --mem 256m \(kernel) -- sh -c 'echo c > /proc/sysrq-trigger'
+            run \(k)-timeout file exec --mem 256m --timeout=8s \(kernel) -- sleep 600
+            run \(k)-notfound file exec --mem 256m \(kernel) -- /no/such/command
+            # virtiofsd killed while the command runs: swiftvmm ends at once, and says so.
+            ( swiftvmm exec --mem 256m \(kernel) -- sleep 600 > \(k)-killed.out 2> \(k)-killed.err; echo $? > \(k)-killed.status ) &
+            i=0; while [ -z "$(daemons)" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+            sleep 3
+            killed_at=$(date +%s); kill -9 $(daemons); wait
+            echo $(( $(date +%s) - killed_at )) > \(k)-killed.seconds
+            """
+        }
+        let r = try bed.run(cpus: 2, script: """
+            daemons() { for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = virtiofsd ] && echo ${d#/proc/}; done; }
+            \(cases("debian", "vmlinuz"))
+            \(cases("test", "test-vmlinux"))
+            """, out: "out-exec", withExec: true)
+
+        for (k, release) in [("debian", "6.1.0-"), ("test", "6.1.")] {
+            #expect(r.status("\(k)-uname") == 0, "\(r.summary("\(k)-uname"))")
+            #expect(r.output("\(k)-uname").hasPrefix(release), "the guest's release on stdout, nothing else: \(r.summary("\(k)-uname"))")
+            #expect(r.output("\(k)-uname").split(separator: "\n").count == 1, "\(r.summary("\(k)-uname"))")
+            #expect(r.status("\(k)-status") == 3, "\(r.summary("\(k)-status"))")
+            #expect(r.status("\(k)-stdin") == 0 && r.output("\(k)-stdin") == "hello-stdin\n", "\(r.summary("\(k)-stdin"))")
+            #expect(r.output("\(k)-streams") == "to-stdout\n" && r.errors("\(k)-streams") == "to-stderr\n",
+                    "stdout and stderr apart, and nothing else on either: \(r.summary("\(k)-streams"))")
+            // --rw: the file is on the host; what the command changed elsewhere it saw, and
+            // the host did not get.
+            #expect(r.status("\(k)-rw") == 0 && r.output("\(k)-rw") == "changed\nnew\n", "\(r.summary("\(k)-rw"))")
+            #expect(r.text("\(k)-rw/file") == "written\n", "\(r.summary("\(k)-rw"))")
+            #expect(r.text("\(k)-untouched.txt") == "before\n")
+            #expect(r.text("\(k)-etc.txt") == "absent\n")
+            #expect(r.status("\(k)-panic") == 72, "\(r.summary("\(k)-panic"))")
+            #expect(r.status("\(k)-timeout") == 124, "\(r.summary("\(k)-timeout"))")
+            #expect(r.status("\(k)-notfound") == 127, "\(r.summary("\(k)-notfound"))")
+            #expect(r.errors("\(k)-notfound").contains("/no/such/command"), "\(r.summary("\(k)-notfound"))")
+            #expect(r.status("\(k)-killed") == 70, "\(r.summary("\(k)-killed"))")
+            #expect(r.errors("\(k)-killed").contains("killed by signal 9"), "\(r.summary("\(k)-killed"))")
+            #expect((Int(r.text("\(k)-killed.seconds").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 99) <= 20)
+        }
+        // A module from the shared /lib/modules: only Debian's kernel has modules.
+        #expect(r.status("debian-modprobe") == 0 && r.output("debian-modprobe") == "1\n", "\(r.summary("debian-modprobe"))")
+    }
+
     func testKernel() throws -> String {
         let r = try runProcess(Repo.root.appendingPathComponent("scripts/build-test-kernel").path, [], timeout: 1800)
         try #require(r.status == 0, "scripts/build-test-kernel failed: \(r.stderr.suffix(2000))")
@@ -248,7 +311,7 @@ struct TestBed {
     /// Run `script` in L1 (sh, in the run folder). `run NAME tty|file ARGS...` boots swiftvmm
     /// with ARGS, its stdout L1's serial console (a terminal) or NAME.out, stdin NAME.in if
     /// there is one (else the terminal or /dev/null), stderr NAME.err, status NAME.status.
-    func run(cpus: Int, script: String, timeout: Int = 1500, out outName: String = "out") throws -> BedResult {
+    func run(cpus: Int, script: String, timeout: Int = 1500, out outName: String = "out", withExec: Bool = false) throws -> BedResult {
         let prelude = #"""
             run() {
                 name=$1 mode=$2; shift 2
@@ -273,7 +336,7 @@ struct TestBed {
         try (prelude + script + "\n").write(to: scriptURL, atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent(outName)
         var args = ["--cpus", "\(cpus)", "--swiftvmm", Repo.swiftvmm, "-o", out.path, "--timeout", "\(timeout)",
-                    "--script", scriptURL.path]
+                    "--script", scriptURL.path] + (withExec ? ["--with-exec"] : [])
         for f in try FileManager.default.contentsOfDirectory(atPath: inputs.path).sorted() {
             args.insert(contentsOf: ["-f", inputs.appendingPathComponent(f).path], at: 0)
         }

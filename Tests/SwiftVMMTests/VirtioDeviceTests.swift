@@ -6,11 +6,25 @@ import Testing
 
 /// A virtio device behind its PCI transport, driven the way a driver does (BAR 0 register
 /// writes, rings in a real GuestMemory), without KVM: requests are served with `processNow`.
+///
+/// `start` sets up one queue on `ring`; `start(features:queues:)` sets up several, queue q on
+/// `rings[q]` (at `RingBuilder.base(forQueue:)`).
 final class VirtioHarness {
     let memory: GuestMemory
     let transport: VirtioPCI
-    var ring: RingBuilder
-    var nextDescriptor = 0
+    /// The rings the driver set up; `ring` is the first (the only one after `start`).
+    var rings: [RingBuilder]
+    var ring: RingBuilder {
+        get { rings[0] }
+        set { rings[0] = newValue }
+    }
+    /// Where `submit` writes its next descriptors, per ring.
+    var nextDescriptors: [Int]
+    var nextDescriptor: Int {
+        get { nextDescriptors[0] }
+        set { nextDescriptors[0] = newValue }
+    }
+    let queueSize: UInt16
 
     // virtio_pci_common_cfg offsets.
     static let deviceFeatureSelect: UInt64 = 0, deviceFeature: UInt64 = 4, driverFeatureSelect: UInt64 = 8
@@ -21,8 +35,11 @@ final class VirtioHarness {
     let interrupts: RecordingInterrupts
 
     init(_ device: any VirtioDeviceModel, queueSize: UInt16 = 8, interrupts: RecordingInterrupts = RecordingInterrupts()) throws {
-        ring = try RingBuilder(size: queueSize)
-        memory = ring.memory
+        let first = try RingBuilder(size: queueSize)
+        rings = [first]
+        nextDescriptors = [0]
+        self.queueSize = queueSize
+        memory = first.memory
         self.interrupts = interrupts
         // No device thread here: requests are served with processNow.
         transport = try VirtioPCI(device: device, memory: memory, interrupts: interrupts,
@@ -41,6 +58,22 @@ final class VirtioHarness {
 
     /// Reset, negotiate `features`, set up queue `queue` at the RingBuilder's addresses, DRIVER_OK.
     func start(features: UInt64, queue: UInt16 = 0, size: UInt16? = nil, featuresOK: Bool = true) {
+        negotiate(features, featuresOK: featuresOK)
+        enable(queue: Int(queue), on: ring, size: size ?? ring.size)
+        write(Self.status, 1, featuresOK ? 15 : 7)
+    }
+
+    /// Reset, negotiate `features`, set up queues 0..<count each on fresh rings of its own
+    /// (`rings[q]`), DRIVER_OK.
+    func start(features: UInt64, queues count: Int) throws {
+        negotiate(features, featuresOK: true)
+        rings = try (0..<count).map { try RingBuilder(memory: memory, size: queueSize, base: RingBuilder.base(forQueue: $0)) }
+        nextDescriptors = Array(repeating: 0, count: count)
+        for q in 0..<count { enable(queue: q, on: rings[q], size: queueSize) }
+        write(Self.status, 1, 15)
+    }
+
+    private func negotiate(_ features: UInt64, featuresOK: Bool) {
         write(Self.status, 1, 0)
         write(Self.status, 1, 1)
         write(Self.status, 1, 3)
@@ -49,35 +82,47 @@ final class VirtioHarness {
         write(Self.driverFeatureSelect, 4, 1)
         write(Self.driverFeature, 4, features >> 32)
         if featuresOK { write(Self.status, 1, 11) }
+    }
+
+    private func enable(queue: Int, on r: RingBuilder, size: UInt16) {
         write(Self.queueSelect, 2, UInt64(queue))
-        write(Self.queueSize, 2, UInt64(size ?? ring.size))
-        write(Self.queueDesc, 8, RingBuilder.desc)
-        write(Self.queueDriver, 4, RingBuilder.avail & 0xFFFF_FFFF)      // 64-bit field as two halves
-        write(Self.queueDriver + 4, 4, RingBuilder.avail >> 32)
-        write(Self.queueDevice, 8, RingBuilder.used)
+        write(Self.queueSize, 2, UInt64(size))
+        write(Self.queueDesc, 8, r.descAddress)
+        write(Self.queueDriver, 4, r.availAddress & 0xFFFF_FFFF)      // 64-bit field as two halves
+        write(Self.queueDriver + 4, 4, r.availAddress >> 32)
+        write(Self.queueDevice, 8, r.usedAddress)
         write(Self.queueEnable, 2, 1)
-        write(Self.status, 1, featuresOK ? 15 : 7)
     }
 
     var status: UInt8 { UInt8(read(Self.status, 1)) }
+
+    /// Post a chain of (address, length, writable) buffers on queue `queue` (on `rings[queue]`
+    /// after `start(features:queues:)`, else on `ring`) without serving it; returns its head.
+    @discardableResult
+    func post(_ buffers: [(UInt64, UInt32, Bool)], queue: Int = 0) throws -> UInt16 {
+        let r = rings.count > 1 ? queue : 0
+        let first = nextDescriptors[r]
+        for (i, b) in buffers.enumerated() {
+            let index = (first + i) % Int(rings[r].size)
+            let more = i < buffers.count - 1
+            try rings[r].setDescriptor(index, address: b.0, length: b.1, flags: (more ? 1 : 0) | (b.2 ? 2 : 0),
+                                       next: UInt16((index + 1) % Int(rings[r].size)))
+        }
+        nextDescriptors[r] = (first + buffers.count) % Int(rings[r].size)
+        try rings[r].post(UInt16(first))
+        return UInt16(first)
+    }
 
     /// Post a chain of (address, length, writable) buffers and let the device serve it.
     /// Returns the used element's length, or nil if nothing was used.
     @discardableResult
     func submit(_ buffers: [(UInt64, UInt32, Bool)], queue: Int = 0) throws -> UInt32? {
-        let first = nextDescriptor
-        for (i, b) in buffers.enumerated() {
-            let index = (first + i) % Int(ring.size)
-            let more = i < buffers.count - 1
-            try ring.setDescriptor(index, address: b.0, length: b.1, flags: (more ? 1 : 0) | (b.2 ? 2 : 0),
-                                   next: UInt16((index + 1) % Int(ring.size)))
-        }
-        nextDescriptor = (first + buffers.count) % Int(ring.size)
-        let before = ring.usedIdx
-        try ring.post(UInt16(first))
+        let r = rings.count > 1 ? queue : 0
+        let before = rings[r].usedIdx
+        try post(buffers, queue: queue)
         transport.processNow(queue)
-        guard ring.usedIdx != before else { return nil }
-        return ring.usedElement(Int(before % ring.size)).length
+        guard rings[r].usedIdx != before else { return nil }
+        return rings[r].usedElement(Int(before % rings[r].size)).length
     }
 }
 

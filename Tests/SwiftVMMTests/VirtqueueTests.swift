@@ -3,7 +3,8 @@ import Memory
 import Testing
 
 /// Split rings built by hand in a real GuestMemory, the way a driver lays them out, so the
-/// walker sees exactly what a guest could give it.
+/// walker sees exactly what a guest could give it. Queue 0's rings are at `desc`, `avail` and
+/// `used`; another queue's at `base(forQueue:)` (same layout, 0x3000 apart).
 struct RingBuilder {
     let memory: GuestMemory
     let size: UInt16
@@ -11,30 +12,43 @@ struct RingBuilder {
     static let indirect: UInt64 = 0x13000, data: UInt64 = 0x20000
     /// The hypercall page's place: RAM the guest (and devices) must not write.
     static let readOnly: Range<UInt64> = 0x2000 ..< 0x3000
+    /// This ring's descriptor table, available ring and used ring.
+    let descAddress: UInt64, availAddress: UInt64, usedAddress: UInt64
     private(set) var availIdx: UInt16 = 0
+
+    /// Where queue `queue`'s rings go: queue 0 at `desc`, queues 1 to 63 from 0x40000 (below
+    /// the addresses tests put their buffers at, 0x100000 and up, and above `data`'s).
+    static func base(forQueue queue: Int) -> UInt64 {
+        precondition(queue < 64)
+        return queue == 0 ? desc : 0x40000 + UInt64(queue - 1) * 0x3000
+    }
 
     init(size: UInt16, memorySize: UInt64 = 4 << 20) throws {
         memory = try GuestMemory(size: memorySize, readOnlyRanges: [Self.readOnly])
         self.size = size
+        (descAddress, availAddress, usedAddress) = (Self.desc, Self.avail, Self.used)
     }
 
-    /// Fresh, zeroed rings in existing memory (a driver setting its queue up again).
-    init(memory: GuestMemory, size: UInt16) throws {
+    /// Fresh, zeroed rings in existing memory (a driver setting its queue up again), at
+    /// `base` (queue 0's place unless given).
+    init(memory: GuestMemory, size: UInt16, base: UInt64 = RingBuilder.desc) throws {
         self.memory = memory
         self.size = size
-        try memory.fill(0, at: Self.desc, count: 0x3000)
+        (descAddress, availAddress, usedAddress) = (base, base + 0x1000, base + 0x2000)
+        try memory.fill(0, at: base, count: 0x3000)
     }
 
     func queue(eventIndex: Bool = false) throws -> Virtqueue {
         var q = Virtqueue(index: 0, memory: memory)
-        try q.activate(size: size, descriptors: Self.desc, driverArea: Self.avail, deviceArea: Self.used,
+        try q.activate(size: size, descriptors: descAddress, driverArea: availAddress, deviceArea: usedAddress,
                        eventIndex: eventIndex)
         return q
     }
 
+    /// Descriptor `i` of this ring's table (or of the indirect `table`).
     func setDescriptor(_ i: Int, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0,
-                       table: UInt64 = RingBuilder.desc) throws {
-        let base = table + UInt64(i) * 16
+                       table: UInt64? = nil) throws {
+        let base = (table ?? descAddress) + UInt64(i) * 16
         try memory.store(address, at: base)
         try memory.store(length, at: base + 8)
         try memory.store(flags, at: base + 12)
@@ -42,18 +56,18 @@ struct RingBuilder {
     }
 
     mutating func post(_ head: UInt16) throws {
-        try memory.store(head, at: Self.avail + 4 + 2 * UInt64(availIdx % size))
+        try memory.store(head, at: availAddress + 4 + 2 * UInt64(availIdx % size))
         availIdx &+= 1
-        try memory.store(availIdx, at: Self.avail + 2)
+        try memory.store(availIdx, at: availAddress + 2)
     }
 
-    func setAvailIdx(_ v: UInt16) throws { try memory.store(v, at: Self.avail + 2) }
-    func setAvailFlags(_ v: UInt16) throws { try memory.store(v, at: Self.avail) }
-    func setUsedEvent(_ v: UInt16) throws { try memory.store(v, at: Self.avail + 4 + 2 * UInt64(size)) }
-    var usedIdx: UInt16 { memory.load(UInt16.self, at: Self.used + 2)! }
-    var availEvent: UInt16 { memory.load(UInt16.self, at: Self.used + 4 + 8 * UInt64(size))! }
+    func setAvailIdx(_ v: UInt16) throws { try memory.store(v, at: availAddress + 2) }
+    func setAvailFlags(_ v: UInt16) throws { try memory.store(v, at: availAddress) }
+    func setUsedEvent(_ v: UInt16) throws { try memory.store(v, at: availAddress + 4 + 2 * UInt64(size)) }
+    var usedIdx: UInt16 { memory.load(UInt16.self, at: usedAddress + 2)! }
+    var availEvent: UInt16 { memory.load(UInt16.self, at: usedAddress + 4 + 8 * UInt64(size))! }
     func usedElement(_ i: Int) -> (id: UInt32, length: UInt32) {
-        (memory.load(UInt32.self, at: Self.used + 4 + 8 * UInt64(i))!, memory.load(UInt32.self, at: Self.used + 8 + 8 * UInt64(i))!)
+        (memory.load(UInt32.self, at: usedAddress + 4 + 8 * UInt64(i))!, memory.load(UInt32.self, at: usedAddress + 8 + 8 * UInt64(i))!)
     }
 }
 

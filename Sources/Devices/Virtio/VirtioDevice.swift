@@ -34,7 +34,7 @@ public enum Virtio {
 /// own. State a model does keep lives in its own lock. Class-bound, so the transport calls
 /// it through a witness table: no box, no allocation.
 public protocol VirtioDeviceModel: AnyObject, Sendable {
-    /// The virtio device ID (1 net, 2 block, 4 entropy).
+    /// The virtio device ID (1 net, 2 block, 3 console, 4 entropy).
     var deviceType: UInt16 { get }
     var queueCount: Int { get }
     var queueMaxSize: UInt16 { get }
@@ -67,6 +67,15 @@ public protocol VirtioDeviceModel: AnyObject, Sendable {
     /// The driver set DRIVER_OK (serving lock held): hand the enabled rings and their kick
     /// eventfds to whoever serves them. Throws if that failed; the device then needs a reset.
     func driverStarted(_ queues: borrowing VirtioQueues, kicks: [EventFD]) throws(VirtioDeviceFailure)
+    /// The transport's kick events, one per queue, handed over once when it is built. A model
+    /// that leaves chains in a queue until a host resource frees up (virtio-console's output
+    /// backlog) signals the queue's kick from the thread that frees it, and the device thread
+    /// serves the queue again as if the driver had kicked.
+    func attach(kicks: [EventFD])
+    /// The driver is resetting a running device; the rings are still there (serving lock
+    /// held). The last chance to take what the driver posted and the device has not taken:
+    /// Linux resets its virtio devices at power-off, right after the last writes.
+    func willReset(_ queues: inout VirtioQueues)
 }
 
 /// A device that cannot go on, for a reason that is not the guest's (a back-end process that
@@ -86,6 +95,8 @@ extension VirtioDeviceModel {
     public func handleHostEvent(_ revents: Int16, _ queues: inout VirtioQueues) -> Bool { false }
     public var interruptRequests: [EventFD]? { nil }
     public func driverStarted(_ queues: borrowing VirtioQueues, kicks: [EventFD]) throws(VirtioDeviceFailure) {}
+    public func attach(kicks: [EventFD]) {}
+    public func willReset(_ queues: inout VirtioQueues) {}
 }
 
 /// A device's name, trace options, and what it counts: guest errors it absorbed (bad

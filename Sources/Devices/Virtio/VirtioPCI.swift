@@ -68,6 +68,7 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
             counters: device.counters)
         self.link = link
         kicks = (0..<device.queueCount).map { _ in EventFD() }
+        device.attach(kicks: kicks)
 
         var config = PCIConfigSpace(vendor: Self.vendor, device: 0x1040 + device.deviceType, revision: 1,
                                     classCode: Self.classCode(device.deviceType),
@@ -100,6 +101,7 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
         switch type {
         case 1: return 0x02_00_00          // network controller, Ethernet
         case 2: return 0x01_00_00          // mass storage, SCSI (what other VMMs report)
+        case 3: return 0x07_80_00          // communication controller, other (as QEMU's virtio-serial)
         default: return 0xFF_00_00         // unassigned class
         }
     }
@@ -265,6 +267,7 @@ public final class VirtioPCI: PCIDevice, @unchecked Sendable {
 
     /// Status 0: back to the initial state (the serving lock held, so no request is in flight).
     private func reset(_ s: inout Serving) {
+        if s.active { device.willReset(&s.queues) }
         for q in s.queues.rings.indices { s.queues.rings[q].reset() }
         s.queues.features = 0
         s.active = false

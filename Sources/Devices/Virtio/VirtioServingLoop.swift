@@ -72,6 +72,22 @@ extension VirtioPCI {
         }
     }
 
+    /// Give the model's host fd one turn now, on the calling thread, if the model wants to hear
+    /// from it and it is ready within `timeout` milliseconds (tests without a device thread
+    /// drive host input this way). Returns whether the model was called.
+    @discardableResult
+    public func processHostNow(timeout: Int32 = 0) -> Bool {
+        let events = serving.withLock { s in s.active && link.common.withLock { $0.isRunning } ? device.hostEvents(s.queues) : 0 }
+        guard events != 0 else { return false }
+        var p = pollfd(fd: device.hostFD, events: events, revents: 0)
+        guard poll(&p, 1, timeout) == 1 else { return false }
+        return serving.withLock { s in
+            guard s.active && link.common.withLock({ $0.isRunning }) else { return false }
+            _ = device.handleHostEvent(p.revents, &s.queues)
+            return true
+        }
+    }
+
     /// Serve queue `index` now, on the calling thread, until it has nothing left (tests
     /// without a device thread drive devices this way).
     public func processNow(_ index: Int) {
