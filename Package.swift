@@ -23,7 +23,8 @@
 //                  (entry mode, ranges, e820) is where the machine and the entry states meet
 //   CrashReports   when a run ends badly: fault and crash reports (registers, stacks), oops
 //                  decoding, and the symbols and DWARF source lines they are resolved with
-//   Backends       where devices' data lives: block images, taps (what a test can replace)
+//   Backends       where devices' data lives: block images, taps (what a test can replace);
+//                  the vhost-user front-end and the virtiofsd it talks to
 //   Devices        the I/O bus and one file per device model; interrupts and doorbells
 //                  through protocols (Machine implements them over KVM)
 //   Hypercalls     the hypercall page at 0x2000 and its handlers

@@ -60,6 +60,8 @@ public final class ConsoleMonitor: Sendable {
         var lastOops: Oops?
         /// A panic line was seen: the outcome is decided, the run stops at the panic's end line.
         var panicking = false
+        /// The last lines, for a message when a run ends without saying why.
+        var recent: [String] = []
     }
     private let state: Mutex<State>
 
@@ -104,6 +106,10 @@ public final class ConsoleMonitor: Sendable {
 
     public var hasExpectations: Bool { !expects.isEmpty }
 
+    public static let recentLineCount = 16
+    /// The console's last complete lines (up to `recentLineCount`), oldest first.
+    public var recentLines: [String] { state.withLock { $0.recent } }
+
     /// The last complete oops (or the one being printed when the run ended).
     public var oops: Oops? {
         state.withLock { s in
@@ -115,6 +121,8 @@ public final class ConsoleMonitor: Sendable {
     private func examine(_ s: inout State) {
         if s.line.last == UInt8(ascii: "\r") { s.line.removeLast() }
         let text = String(decoding: s.line, as: UTF8.self)
+        if s.recent.count == Self.recentLineCount { s.recent.removeFirst() }
+        s.recent.append(text)
         trackOops(&s, text)
         // After a panic line nothing else decides the run: keep the stack trace Linux prints
         // next, and stop at the panic's last line (or after panicGrace).

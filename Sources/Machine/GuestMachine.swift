@@ -31,6 +31,9 @@ public final class GuestMachine: Sendable {
     private let consoleLogFD: Int32?
     let devices: MachineDevices
 
+    /// The console's last lines (the kernel's log, the init's messages).
+    public var recentConsoleLines: [String] { monitor.recentLines }
+
     /// What the virtio-console's memory port `name` collected (`swiftvmm exec`'s status port).
     public func collectedConsolePort(named name: String) -> [UInt8]? {
         guard let (device, _) = devices.console, let port = device.port(named: name) else { return nil }

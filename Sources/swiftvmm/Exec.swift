@@ -187,6 +187,13 @@ struct ExecCommand: ParsableCommand {
         let status = ExecOutcome(statusPort: machine.collectedConsolePort(named: ExecSpec.Port.status.rawValue) ?? [])
         let (code, message) = Self.exitCode(result.outcome, status)
         if let message { Diagnostics.line("swiftvmm: \(message)") }
+        if result.outcome.isGuestEnding && status.exitStatus == nil && status.failure == nil && !verbose {
+            // The init could not even say why (no console ports): what it printed on the
+            // serial console, or the last lines there, are all there is.
+            let lines = machine.recentConsoleLines
+            let said = lines.filter { $0.contains("swiftvmm-init:") }
+            for line in (said.isEmpty ? Array(lines.suffix(6)) : said) { Diagnostics.line("  \(line)") }
+        }
         if verbose {
             Diagnostics.line("swiftvmm: \(result.outcome.summary)")
             for line in result.statistics.deviceReports { Diagnostics.line("swiftvmm: \(line)") }
