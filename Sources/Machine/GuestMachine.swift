@@ -34,6 +34,9 @@ public final class GuestMachine: Sendable {
     /// The console's last lines (the kernel's log, the init's messages).
     public var recentConsoleLines: [String] { monitor.recentLines }
 
+    /// Signalled when a virtio-console memory port collects bytes (nil: no virtio-console).
+    public var consoleChanged: EventFD? { devices.console?.device.changed }
+
     /// What the virtio-console's memory port `name` collected (`swiftvmm exec`'s status port).
     public func collectedConsolePort(named name: String) -> [UInt8]? {
         guard let (device, _) = devices.console, let port = device.port(named: name) else { return nil }

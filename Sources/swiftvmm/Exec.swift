@@ -183,7 +183,9 @@ struct ExecCommand: ParsableCommand {
             var sig: Int32 = 0
             if sigwait(&set, &sig) == 0 { machine.requestStop(.interrupted(signal: sig)) }
         }
+        let watch = CommandTimes(machine: machine)
         let result = machine.run()
+        let times = watch.finish()
         let status = ExecOutcome(statusPort: machine.collectedConsolePort(named: ExecSpec.Port.status.rawValue) ?? [])
         let (code, message) = Self.exitCode(result.outcome, status)
         if let message { Diagnostics.line("swiftvmm: \(message)") }
@@ -206,6 +208,13 @@ struct ExecCommand: ParsableCommand {
                 ("status", status.exitStatus.map { JSON.int(Int64($0)) } ?? .null),
                 ("init_failure", status.failure.map { .string($0) } ?? .null),
                 ("exit_code", .int(Int64(code))),
+                // boot -> command start -> command end -> VM gone, in ms since swiftvmm started.
+                ("timings_ms", .object([
+                    ("first_guest_entry", .optional(machine.timeline.milliseconds(machine.timeline.snapshot.firstGuestEntry))),
+                    ("command_start", .optional(machine.timeline.milliseconds(times.start))),
+                    ("command_end", .optional(machine.timeline.milliseconds(times.end))),
+                    ("end", .optional(machine.timeline.milliseconds(machine.timeline.snapshot.end))),
+                ])),
             ]))
             var text = json.serialized(indent: 2) + "\n"
             text.withUTF8 { buf in _ = Glibc.write(reportFD, buf.baseAddress!, buf.count) }
@@ -297,6 +306,48 @@ struct ExecCommand: ParsableCommand {
     func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+}
+
+/// When the init said the command started (`start`) and ended (`status N`), as they arrive on
+/// the status port: a thread waits on the console's change event during the run.
+final class CommandTimes: @unchecked Sendable {
+    private let machine: GuestMachine
+    private let done = EventFD()
+    private var thread: HostThread?
+    // Written by the thread, read after it is joined.
+    private var start: UInt64?
+    private var end: UInt64?
+
+    init(machine: GuestMachine) {
+        self.machine = machine
+        guard let changed = machine.consoleChanged else { return }
+        thread = HostThread.start(name: "exec-status") { [self] in
+            var fds = [pollfd(fd: changed.fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)]
+            while end == nil {
+                if poll(&fds, 2, -1) < 0 && errno != EINTR { return }
+                if fds[1].revents != 0 { return }
+                changed.drain()
+                look()
+            }
+        }
+    }
+
+    private func look() {
+        let bytes = machine.collectedConsolePort(named: ExecSpec.Port.status.rawValue) ?? []
+        let now = monotonicNanoseconds()
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            if start == nil && line.elementsEqual("start".utf8) { start = now }
+            if end == nil, case .exited = ExecStatus(line: line) { end = now }
+        }
+    }
+
+    /// Stop watching (the run is over); the times seen.
+    func finish() -> (start: UInt64?, end: UInt64?) {
+        done.signal()
+        _ = thread?.join(until: monotonicNanoseconds() + 1_000_000_000)
+        return (start, end)
     }
 }
 

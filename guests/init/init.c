@@ -705,6 +705,9 @@ static int run_command(void)
 	}
 	close(pipefd[0]);
 	msg[got] = '\0';
+	/* For the host's timings (--report): the command is running from here. */
+	if (!got)
+		send_status("start\n");
 
 	/* 6. PID 1 is every orphan's parent: reap them all until the command itself is done. */
 	for (;;) {
