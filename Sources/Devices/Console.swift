@@ -93,8 +93,8 @@ public final class Console: Sendable {
             let (taken, threaded, wake) = backlog.withLock { b -> (Int, Bool, Bool) in
                 if first, let monitor { monitor.feed(bytes) }
                 guard b.threaded else {
-                    if !quiet { Self.writeAll(fd, base, bytes.count) }
-                    if let logFD { Self.writeAll(logFD, base, bytes.count) }
+                    if !quiet { writeFully(fd, base, bytes.count) }
+                    if let logFD { writeFully(logFD, base, bytes.count) }
                     return (bytes.count, false, false)
                 }
                 // The output thread drains everything it finds, so it needs waking only when
@@ -138,26 +138,10 @@ public final class Console: Sendable {
                     break
                 }
                 roomReady.signal()
-                if !quiet { Self.writeAll(fd, chunk, n) }
-                if let logFD { Self.writeAll(logFD, chunk, n) }
+                // A reader gone (a closed pipe) drops the output; the guest goes on.
+                if !quiet { writeFully(fd, chunk, n) }
+                if let logFD { writeFully(logFD, chunk, n) }
             }
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) {
-        var off = 0
-        while off < count {
-            let n = Glibc.write(fd, p + off, count - off)
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN {
-                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                    _ = poll(&pfd, 1, 1000)
-                    continue
-                }
-                return          // output gone (closed pipe): dropped, the guest goes on
-            }
-            off += n
         }
     }
 }

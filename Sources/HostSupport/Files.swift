@@ -49,3 +49,25 @@ public func openOutputFile(_ path: String) -> Int32 {
     }
     return fd
 }
+
+/// Write all `count` bytes to `fd`, however many calls that takes; 0, or the errno that
+/// stopped it (a closed pipe: EPIPE). An fd its owner made non-blocking is waited on (poll),
+/// not spun on.
+@discardableResult
+public func writeFully(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) -> Int32 {
+    var off = 0
+    while off < count {
+        let n = Glibc.write(fd, p + off, count - off)
+        if n < 0 {
+            if errno == EINTR { continue }
+            if errno == EAGAIN {
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&pfd, 1, 1000)
+                continue
+            }
+            return errno
+        }
+        off += n
+    }
+    return 0
+}

@@ -167,22 +167,7 @@ struct ExecCommand: ParsableCommand {
             if reportFD < 0 { fail("--report=\(path): \(String(cString: strerror(errno)))", code: ExitStatus.usage) }
         }
 
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, s) }
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        let machine: GuestMachine
-        do {
-            machine = try GuestMachine(config: config)
-        } catch {
-            fail(error.description, code: error.exitCode)
-        }
-        let waitSet = signals
-        _ = HostThread.start(name: "signals") {
-            var set = waitSet
-            var sig: Int32 = 0
-            if sigwait(&set, &sig) == 0 { machine.requestStop(.interrupted(signal: sig)) }
-        }
+        let machine = buildMachine(config)
         let watch = CommandTimes(machine: machine)
         let result = machine.run()
         let times = watch.finish()

@@ -293,25 +293,7 @@ struct SwiftVMM: ParsableCommand {
         // A debugging switch (docs/hypercalls.md): hypercalls through KVM_GET_REGS/SET_REGS.
         config.syncRegisters = getenv("SWIFTVMM_NO_SYNC_REGS") == nil
 
-        // SIGINT/SIGTERM/SIGHUP end the run cleanly (terminal restored, exit code reported):
-        // block them everywhere and take them on one thread with sigwait.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, s) }
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-
-        let machine: GuestMachine
-        do {
-            machine = try GuestMachine(config: config)
-        } catch {
-            fail(error.description, code: error.exitCode)
-        }
-        let waitSet = signals
-        _ = HostThread.start(name: "signals") {
-            var set = waitSet
-            var sig: Int32 = 0
-            if sigwait(&set, &sig) == 0 { machine.requestStop(.interrupted(signal: sig)) }
-        }
+        let machine = buildMachine(config)
         if verbose {
             Diagnostics.line("swiftvmm: \(size) RAM, \(cpus) vCPU(s), kernel \(kernel) (\(machine.kernel.format), entry \(machine.kernel.entry.name)), command line \"\(machine.kernel.commandLine)\"")
             if let r = machine.kernel.initrd {
@@ -364,6 +346,29 @@ struct SwiftVMM: ParsableCommand {
         for line in stats.deviceReports { Diagnostics.line("swiftvmm: \(line)") }
         Diagnostics.line("swiftvmm: unclaimed accesses: \(stats.unclaimedPortAccesses) port, \(stats.unclaimedMMIOAccesses) MMIO")
     }
+}
+
+/// The machine `config` describes, or the exit its error maps to. SIGINT/SIGTERM/SIGHUP end
+/// its run cleanly (terminal restored, exit code reported): they are blocked everywhere and
+/// taken on one thread with sigwait, which asks the machine to stop.
+func buildMachine(_ config: MachineConfig) -> GuestMachine {
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, s) }
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    let machine: GuestMachine
+    do {
+        machine = try GuestMachine(config: config)
+    } catch {
+        fail(error.description, code: error.exitCode)
+    }
+    let waitSet = signals
+    _ = HostThread.start(name: "signals") {
+        var set = waitSet
+        var sig: Int32 = 0
+        if sigwait(&set, &sig) == 0 { machine.requestStop(.interrupted(signal: sig)) }
+    }
+    return machine
 }
 
 func fail(_ message: String, code: Int32) -> Never {

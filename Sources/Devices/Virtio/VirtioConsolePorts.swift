@@ -255,7 +255,7 @@ final class ConsoleSink: Sendable {
                     if closing { return }
                     break
                 }
-                let error = Self.writeAll(fd, chunk, n)
+                let error = writeFully(fd, chunk, n)
                 guard error != 0 else { continue }
                 // Output gone: drop what is held and whatever comes, so the guest's writes do
                 // not wait for ever; said once.
@@ -272,25 +272,5 @@ final class ConsoleSink: Sendable {
                 Diagnostics.line("swiftvmm: virtio-console \(label): writing to fd \(fd): \(String(cString: strerror(error))); its output is dropped from now on")
             }
         }
-    }
-
-    /// Write all of it; 0, or the errno that stopped it.
-    static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) -> Int32 {
-        var off = 0
-        while off < count {
-            let n = Glibc.write(fd, p + off, count - off)
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN {
-                    // An fd its owner made non-blocking: wait until it takes more.
-                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                    _ = poll(&pfd, 1, 1000)
-                    continue
-                }
-                return errno
-            }
-            off += n
-        }
-        return 0
     }
 }
