@@ -243,10 +243,10 @@ struct RealKVMTests {
             release=$(ls /lib/modules | head -n1)
             # (Each tree without the module and its modules.dep line, as depmod would write it.)
             cp -r /lib/modules/$release no-virtiofs && rm no-virtiofs/kernel/fs/fuse/virtiofs.ko
-            sed -i '/virtiofs\.ko/d' no-virtiofs/modules.dep
+            sed -i '/virtiofs\\.ko/d' no-virtiofs/modules.dep
             run debian-no-virtiofs file exec --mem 256m --modules=$PWD/no-virtiofs vmlinuz -- true
             cp -r /lib/modules/$release no-console && rm no-console/kernel/drivers/char/virtio_console.ko
-            sed -i '/virtio_console\.ko/d' no-console/modules.dep
+            sed -i '/virtio_console\\.ko/d' no-console/modules.dep
             run debian-no-console file exec --mem 256m --modules=$PWD/no-console vmlinuz -- true
             """, out: "out-exec", withExec: true)
 
