@@ -255,9 +255,11 @@ public final class VirtioConsole: VirtioDeviceModel {
         while true {
             for p in ports.indices { transport.processNow(Self.transmitQueue(port: p)) }
             // Chains stay in a ring only where a backlog was full: once the writers have made
-            // room, serve again.
-            guard sinks.contains(where: \.isWaiting) else { break }
-            guard flushOutputs(waitingUpTo: left()) else { complete = false; break }
+            // room, serve again. Asked of the rings, not of the backlogs: a writer may make
+            // room (and stop waiting) between the serving and this look, chains still posted.
+            let posted = ports.indices.contains { transport.queueHasAvailable(Self.transmitQueue(port: $0)) }
+            guard posted else { break }
+            guard left() > 0, flushOutputs(waitingUpTo: left()) else { complete = false; break }
         }
         complete = flushOutputs(waitingUpTo: left()) && complete
         return closeOutputs(waitingUpTo: left()) && complete
