@@ -73,13 +73,9 @@ func readWholeFile(_ path: String, limit: Int) throws(ExecError) -> [UInt8] {
     }
     defer { close(fd) }
     guard size >= 0, size <= limit else { throw .tooLarge(path: path, size: size, limit: limit) }
-    var bytes = [UInt8](repeating: 0, count: size)
-    var done = 0
-    while done < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
-        if n < 0 { if errno == EINTR { continue }; throw .unreadable(path: path, errno: errno) }
-        if n == 0 { bytes.removeLast(bytes.count - done); break }   // shrank while being read
-        done += n
+    switch readOpenFile(fd, size: size) {
+    case .success(let bytes): return bytes
+    case .failure(.system(let e)): throw .unreadable(path: path, errno: e)
+    case .failure(.notRegular): throw .notAFile(path: path)
     }
-    return bytes
 }

@@ -71,3 +71,17 @@ public func writeFully(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) -> Int3
     }
     return 0
 }
+
+/// Read `size` bytes from the start of an open file (one `openInputFile` gave); fewer if it
+/// shrank while being read. A failed read is `.system(errno)`.
+public func readOpenFile(_ fd: Int32, size: Int) -> Result<[UInt8], InputFileError> {
+    var bytes = [UInt8](repeating: 0, count: max(0, size))
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
+        if n < 0 { if errno == EINTR { continue }; return .failure(.system(errno)) }
+        if n == 0 { bytes.removeLast(bytes.count - done); break }   // shrank while being read
+        done += n
+    }
+    return .success(bytes)
+}

@@ -47,13 +47,9 @@ public func readFile(_ path: String, limit: Int = 1 << 31) throws(BootError) -> 
     guard size <= limit else {
         throw .doesNotFit(path: path, reason: "file is \(size) bytes, larger than any image swiftvmm loads")
     }
-    var bytes = [UInt8](repeating: 0, count: size)
-    var done = 0
-    while done < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
-        if n < 0 { if errno == EINTR { continue }; throw .unreadable(path: path, errno: errno) }
-        if n == 0 { bytes.removeLast(bytes.count - done); break }
-        done += n
+    switch readOpenFile(fd, size: size) {
+    case .success(let bytes): return bytes
+    case .failure(.system(let e)): throw .unreadable(path: path, errno: e)
+    case .failure(.notRegular): throw .notAFile(path: path)
     }
-    return bytes
 }
